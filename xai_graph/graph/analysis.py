@@ -1,0 +1,104 @@
+"""Read-only questions about a graph: who depends on whom, and what is constant.
+
+A value is *data-dependent* when it changes with the pixel values of a graph
+input. Shape and Size cut that dependence: their outputs only carry shapes, which
+is what lets a tail that reshapes with `x.size(0)` still count as a function of
+its target alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx_ir as ir
+
+_SHAPE_ONLY_OPS = {"Shape", "Size"}
+
+
+class GraphIndex:
+    def __init__(self, graph: ir.Graph):
+        self.graph = graph
+        self.nodes = list(graph)
+        self.position = {node: i for i, node in enumerate(self.nodes)}
+        self.data_dependent = self._data_dependent_values()
+
+    def _data_dependent_values(self) -> set[ir.Value]:
+        dependent = {v for v in self.graph.inputs if not v.is_initializer()}
+        for node in self.nodes:
+            if node.op_type in _SHAPE_ONLY_OPS:
+                continue
+            if any(v in dependent for v in node.inputs if v is not None):
+                dependent.update(node.outputs)
+        return dependent
+
+    def ancestors(self, value: ir.Value) -> set[ir.Node]:
+        seen: set[ir.Node] = set()
+        stack = [value.producer()]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            stack.extend(v.producer() for v in node.inputs if v is not None)
+        return seen
+
+    def descendants(self, value: ir.Value) -> set[ir.Node]:
+        seen: set[ir.Node] = set()
+        stack = list(value.consumers())
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            for out in node.outputs:
+                stack.extend(out.consumers())
+        return seen
+
+    def path_nodes(self, start: ir.Value, end: ir.Value) -> list[ir.Node]:
+        """Nodes on some path from `start` to `end`, in graph (topological) order."""
+        nodes = self.descendants(start) & self.ancestors(end)
+        return sorted(nodes, key=self.position.__getitem__)
+
+    def foreign_inputs(self, start: ir.Value, nodes: Iterable[ir.Node]) -> list[ir.Value]:
+        """Data-dependent values that `nodes` read besides `start` and their own outputs.
+
+        Empty means the nodes compute a function of `start` alone (plus constants
+        and shapes), so they can be cloned and fed anything shaped like `start`.
+        """
+        nodes = list(nodes)
+        produced = {v for node in nodes for v in node.outputs}
+        foreign = []
+        for node in nodes:
+            for v in node.inputs:
+                if v is None or v is start or v in produced:
+                    continue
+                if v in self.data_dependent and v not in foreign:
+                    foreign.append(v)
+        return foreign
+
+
+def spatial_size(value: ir.Value) -> tuple[int | None, int | None] | None:
+    """(h, w) of a rank-4 NCHW value (None for a dynamic axis), or None when not rank 4."""
+    if value.shape is None or len(value.shape) != 4:
+        return None
+    dims = [d if isinstance(d, int) and d >= 0 else None for d in value.shape]
+    return dims[2], dims[3]
+
+
+def shape_text(value: ir.Value) -> str:
+    if value.shape is None:
+        return "[?]"
+    return "[" + ", ".join(str(d) if isinstance(d, int) and d >= 0 else (str(d.value) if getattr(d, "value", None) else "?")
+                           for d in value.shape) + "]"
+
+
+def constant_array(value: ir.Value | None):
+    """The numpy value of an initializer or Constant-node output, else None."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    node = value.producer()
+    if node is not None and node.op_type == "Constant" and "value" in node.attributes:
+        return node.attributes["value"].as_tensor().numpy()
+    return None

@@ -1,0 +1,125 @@
+"""Load ONNX models defensively and save them atomically, never over their source.
+
+Loading validates the file (exists, parses, passes the ONNX checker, external
+data present) so that every later step can trust the graph, and runs shape
+inference so that targets and tails have shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from onnx_ir import external_data as ir_external_data
+
+from xai_graph.errors import XaiGraphError
+
+# A protobuf cannot exceed 2 GiB; beyond this, weights must go to a .data file.
+_PROTO_LIMIT_BYTES = 2**31 - 2**24
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Read, check and shape-infer an ONNX model; external data is read lazily from its folder."""
+    path = Path(path)
+    if not path.exists():
+        raise XaiGraphError(f"{path}: no such file")
+    if not path.is_file():
+        raise XaiGraphError(f"{path}: not a file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise XaiGraphError(f"{path}: not a readable ONNX model ({_one_line(exc)})") from None
+    if proto.ir_version <= 0 or not proto.graph.node or not proto.graph.output:
+        raise XaiGraphError(f"{path}: not an ONNX model (no graph in the file, or it is truncated)")
+    _check_external_data(proto, path)
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise XaiGraphError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
+    model = ir.serde.deserialize_model(_with_inferred_shapes(proto))
+    ir_external_data.set_base_dir(model.graph, str(path.parent))
+    model.meta["xai_graph.source"] = str(path.resolve())
+    model.meta["xai_graph.external_data"] = uses_external_data(proto)
+    return model
+
+
+def uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(onnx.external_data_helper.uses_external_data(t)
+               for t in onnx.external_data_helper._get_all_tensors(proto))
+
+
+def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        info = onnx.external_data_helper.ExternalDataInfo(tensor)
+        data_file = path.parent / info.location
+        if not data_file.is_file():
+            raise XaiGraphError(f"{path}: external data file {info.location!r} is missing")
+
+
+def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference on the graph only: external weights are not needed to infer shapes."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception:
+        # Partial shapes are still usable; steps that need a missing shape say so.
+        return proto
+
+
+def to_ir(model: ir.Model | onnx.ModelProto | str | os.PathLike) -> ir.Model:
+    """Accept a path, an onnx ModelProto or an ir.Model; an ir.Model is copied, not modified."""
+    if isinstance(model, ir.Model):
+        copy = model.clone()
+        copy.meta.update(model.meta)
+        return copy
+    if isinstance(model, onnx.ModelProto):
+        return ir.serde.deserialize_model(_with_inferred_shapes(model))
+    return load_model(model)
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    """Write `model` to `path` atomically and check the written file.
+
+    Weights go to `<name>.data` beside the model when the source had external data,
+    when asked, or when the model would exceed the protobuf limit. The data file is
+    always a fresh one named after the output: links back into the source's data
+    file would make a model that loads nowhere else.
+    """
+    path = Path(path)
+    source = model.meta.get("xai_graph.source")
+    if source and path.exists() and os.path.samefile(path, source):
+        raise XaiGraphError(f"{path}: refusing to overwrite the input model; choose another output path")
+    if external_data is None:
+        external_data = bool(model.meta.get("xai_graph.external_data")) or _estimated_bytes(model) > _PROTO_LIMIT_BYTES
+    if not path.parent.is_dir():
+        raise XaiGraphError(f"{path.parent}: output folder does not exist")
+    data_name = path.name + ".data"
+    staging = Path(tempfile.mkdtemp(prefix=".xai-graph-", dir=path.parent))
+    try:
+        staged = staging / path.name
+        ir.save(model, staged, external_data=data_name if external_data else None)
+        onnx.checker.check_model(str(staged))
+        if external_data:
+            os.replace(staging / data_name, path.parent / data_name)
+        os.replace(staged, path)
+    except XaiGraphError:
+        raise
+    except Exception as exc:
+        raise XaiGraphError(f"{path}: could not write the model ({_one_line(exc)})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _estimated_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)

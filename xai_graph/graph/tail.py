@@ -1,0 +1,63 @@
+"""Clone the tail of a network (target map -> class scores) to run on a new input.
+
+The clone runs at another batch size (B*h*w for Recipro-CAM), so:
+- weights and other constants are shared with the original, never copied;
+- a Reshape whose target shape does not come from the clone itself (a constant
+  such as `[1, C]`, or a shape computed from the graph input's batch) gets the
+  constant `[-1, d1, ...]` built from its inferred output shape, in the clone only;
+- the original nodes are left untouched, so the original outputs stay bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx_ir as ir
+
+from xai_graph.errors import XaiGraphError
+from xai_graph.graph.analysis import GraphIndex
+from xai_graph.graph.builder import GraphBuilder
+
+
+def clone_tail(builder: GraphBuilder, tail: Sequence[ir.Node], start: ir.Value,
+               new_start: ir.Value, end: ir.Value) -> ir.Value:
+    """Append a copy of `tail` reading `new_start` where the original reads `start`; return the copy of `end`."""
+    foreign = GraphIndex(builder.graph).foreign_inputs(start, tail)
+    reshapes_only = all(all(use.node.op_type == "Reshape" and use.idx == 1 for use in v.uses()
+                            if use.node in tail) for v in foreign)
+    if foreign and not reshapes_only:
+        names = ", ".join(v.name for v in foreign)
+        raise XaiGraphError(f"the head after '{start.name}' also reads {names}; it cannot be cloned alone")
+    mapping: dict[ir.Value, ir.Value] = {start: new_start}
+    for node in tail:
+        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+            raise XaiGraphError(f"the head after '{start.name}' contains control flow ({node.op_type}); "
+                                "it cannot be cloned")
+        inputs = [mapping.get(v, v) if v is not None else None for v in node.inputs]
+        if node.op_type == "Reshape" and node.inputs[1] not in mapping:
+            inputs[1] = _batch_free_shape(builder, node)
+        attrs = {name: _copy_attr(attr) for name, attr in node.attributes.items()}
+        outputs = builder.op_multi(node.op_type, *inputs, num_outputs=len(node.outputs), **attrs) \
+            if node.domain == "" else _clone_custom(builder, node, inputs)
+        mapping.update(zip(node.outputs, outputs))
+    return mapping[end]
+
+
+def _batch_free_shape(builder: GraphBuilder, node: ir.Node) -> ir.Value:
+    out = node.outputs[0]
+    rest = list(out.shape)[1:] if out.shape is not None else None
+    if rest is None or not all(isinstance(d, int) and d >= 0 for d in rest):
+        raise XaiGraphError(f"cannot make Reshape '{node.name}' batch-agnostic: its output shape is not static")
+    return builder.ints([-1, *rest])
+
+
+def _copy_attr(attr: ir.Attr):
+    return ir.Attr(attr.name, attr.type, attr.value)
+
+
+def _clone_custom(builder: GraphBuilder, node: ir.Node, inputs) -> Sequence[ir.Value]:
+    name = builder._name(node.op_type)
+    clone = ir.Node(node.domain, node.op_type, inputs, attributes=[_copy_attr(a) for a in node.attributes.values()],
+                    num_outputs=len(node.outputs), name=name)
+    builder.graph.append(clone)
+    return clone.outputs

@@ -1,0 +1,130 @@
+"""Insert a saliency head: find the target, build the method's map, add the outputs.
+
+The shared part of every head lives here: per-image per-class uint8 scaling,
+the `saliency_map` / `feature_vector` outputs, metadata, and `--replace`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import onnx
+import onnx_ir as ir
+
+from xai_graph import __version__
+from xai_graph.errors import XaiGraphError
+from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
+from xai_graph.graph.io import to_ir, uses_external_data
+from xai_graph.graph.targets import find_target
+from xai_graph.methods import MethodOptions, method_for
+
+SALIENCY_MAP = "saliency_map"
+FEATURE_VECTOR = "feature_vector"
+HEAD_OUTPUTS = (SALIENCY_MAP, FEATURE_VECTOR)
+_EPSILON = 1e-12
+
+
+def insert(
+    model: ir.Model | onnx.ModelProto | str | os.PathLike,
+    algo: str = "classwisesaliencymap",
+    *,
+    target_layer: str | None = None,
+    mask: str = "gaussian",
+    score: str = "logits",
+    raw: bool = False,
+    feature_vector: bool = False,
+    replace: bool = False,
+) -> ir.Model:
+    """Return a copy of `model` with a `saliency_map` output (and `feature_vector` on request).
+
+    The original outputs come first and are unchanged; `saliency_map` is uint8
+    [B, K, h, w] for class-wise methods and [B, h, w] otherwise, scaled per image
+    and per class to 0..255, or the raw float32 map with `raw=True`.
+    """
+    model = to_ir(model)
+    graph = model.graph
+    if any(out.name in HEAD_OUTPUTS for out in graph.outputs):
+        if not replace:
+            raise XaiGraphError("the model already has a saliency_map output; pass --replace to rebuild it")
+        remove_head(model)
+    method = method_for(algo, "classification")(MethodOptions(mask=mask, score=score))
+    target = find_target(model, target_layer)
+    method.check(target)
+
+    builder = GraphBuilder(graph, opset=model.opset_imports.get("", 1))
+    saliency = method.build(builder, target)
+    if not raw:
+        saliency = scale_to_uint8(builder, saliency)
+    _add_output(graph, saliency, SALIENCY_MAP, ir.DataType.FLOAT if raw else ir.DataType.UINT8)
+    if feature_vector:
+        _add_output(graph, builder.reduce("ReduceMean", target.value, [2, 3], keepdims=False), FEATURE_VECTOR,
+                    ir.DataType.FLOAT)
+
+    model.metadata_props.update({
+        "xai_graph.version": __version__,
+        "xai_graph.algorithm": algo,
+        "xai_graph.method": method.title,
+        "xai_graph.target": target.value.name,
+        "xai_graph.scores": target.scores.name,
+        "xai_graph.options": json.dumps({"mask": mask, "score": score, "raw": raw,
+                                         "feature_vector": feature_vector}, sort_keys=True),
+    })
+    _infer_output_shapes_and_check(model, batch_dim=target.scores.shape[0])
+    return model
+
+
+def scale_to_uint8(b: GraphBuilder, saliency: ir.Value) -> ir.Value:
+    """255 * (s - min) / (max - min + eps) per image and class over the map, rounded, as uint8."""
+    leading = [0] * (len(saliency.shape) - 2) if saliency.shape is not None else [0, 0]
+    flat = b.reshape(saliency, *leading, -1)  # [B, K, hw], or [B, hw] for class-agnostic maps
+    low = b.reduce("ReduceMin", flat, [-1], keepdims=True)
+    high = b.reduce("ReduceMax", flat, [-1], keepdims=True)
+    span = b.op("Add", b.op("Sub", high, low), b.scalar(_EPSILON))
+    scaled = b.op("Div", b.op("Mul", b.op("Sub", flat, low), b.scalar(255.0)), span)
+    clipped = b.op("Clip", b.op("Round", scaled), b.scalar(0.0), b.scalar(255.0))
+    return b.op("Reshape", b.op("Cast", clipped, to=ir.DataType.UINT8), b.op("Shape", saliency))
+
+
+def _add_output(graph: ir.Graph, value: ir.Value, name: str, dtype: ir.DataType) -> None:
+    value.name = name
+    value.dtype = dtype
+    graph.outputs.append(value)
+
+
+def remove_head(model: ir.Model) -> None:
+    """Remove outputs and nodes an earlier `insert` added (all named under `xai_graph/`)."""
+    graph = model.graph
+    for out in [o for o in graph.outputs if o.name in HEAD_OUTPUTS]:
+        graph.outputs.remove(out)
+    head_nodes = [node for node in graph if (node.name or "").startswith(NAME_PREFIX)]
+    graph.remove(head_nodes, safe=False)
+    for name in [n for n in graph.initializers if n.startswith(NAME_PREFIX)]:
+        graph.initializers.pop(name)
+    for key in [k for k in model.metadata_props if k.startswith("xai_graph.")]:
+        del model.metadata_props[key]
+
+
+def _infer_output_shapes_and_check(model: ir.Model, batch_dim) -> None:
+    """Give the new outputs their inferred shapes, then run the ONNX checker on the result.
+
+    The checker runs here because shape inference inside onnx-ir only logs failures.
+    """
+    proto = ir.serde.serialize_model(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise XaiGraphError(f"internal error: the rewritten model fails shape inference ({str(exc).splitlines()[0]})") from None
+    inferred_outputs = {o.name: o for o in ir.serde.deserialize_graph(inferred.graph).outputs}
+    for out in model.graph.outputs:
+        shape = inferred_outputs[out.name].shape
+        if out.name in HEAD_OUTPUTS and shape is not None:
+            out.shape = ir.Shape([batch_dim, *list(shape)[1:]])  # name the batch as the scores do
+    if uses_external_data(inferred):
+        return  # the checker cannot read relative data files from memory; save_model checks the file
+    try:
+        onnx.checker.check_model(inferred)
+    except ValueError:
+        pass  # over 2 GB in memory: save_model checks the written file instead
+    except onnx.checker.ValidationError as exc:
+        raise XaiGraphError(f"internal error: the rewritten model is invalid ({str(exc).splitlines()[0]})") from None

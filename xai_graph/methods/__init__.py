@@ -1,0 +1,13 @@
+"""Saliency methods; importing this package registers them all."""
+
+from xai_graph.methods import activation_map, eigencam, recipro_cam  # noqa: F401  (registration)
+from xai_graph.methods.base import (
+    MethodOptions,
+    SaliencyMethod,
+    algorithms,
+    method_for,
+    methods_for_task,
+    register_method,
+)
+
+__all__ = ["MethodOptions", "SaliencyMethod", "algorithms", "method_for", "methods_for_task", "register_method"]

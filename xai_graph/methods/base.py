@@ -1,0 +1,69 @@
+"""The interface every saliency method implements, and the registry of CLI names.
+
+A method only builds the raw float32 map from the target; everything shared
+(uint8 scaling, outputs, feature vector, metadata) lives once in `xai_graph.insert`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import onnx_ir as ir
+
+from xai_graph.errors import XaiGraphError
+from xai_graph.graph.builder import GraphBuilder
+from xai_graph.graph.targets import Target
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    mask: str = "gaussian"  # Recipro-CAM: "gaussian" or "onehot"
+    score: str = "logits"  # Recipro-CAM: "logits", "softmax" or "sigmoid"
+
+
+class SaliencyMethod:
+    """Builds a raw saliency map: [B, K, h, w] if `class_wise`, else [B, h, w]."""
+
+    algo: ClassVar[str]  # CLI name
+    task: ClassVar[str]  # kind of model it explains
+    title: ClassVar[str]  # what the docs and `inspect` call it
+    class_wise: ClassVar[bool]
+
+    def __init__(self, options: MethodOptions):
+        self.options = options
+
+    def check(self, target: Target) -> None:
+        """Raise XaiGraphError where this method cannot explain `target`."""
+
+    def build(self, builder: GraphBuilder, target: Target) -> ir.Value:
+        raise NotImplementedError
+
+
+# (algo, task) -> method class; one CLI name may have one implementation per task.
+_REGISTRY: dict[tuple[str, str], type[SaliencyMethod]] = {}
+
+
+def register_method(cls: type[SaliencyMethod]) -> type[SaliencyMethod]:
+    key = (cls.algo, cls.task)
+    if key in _REGISTRY:
+        raise ValueError(f"{key} registered twice")
+    _REGISTRY[key] = cls
+    return cls
+
+
+def algorithms() -> list[str]:
+    """CLI names of the registered algorithms, in registration order."""
+    return list(dict.fromkeys(algo for algo, _ in _REGISTRY))
+
+
+def method_for(algo: str, task: str) -> type[SaliencyMethod]:
+    if (algo, task) in _REGISTRY:
+        return _REGISTRY[(algo, task)]
+    if algo not in algorithms():
+        raise XaiGraphError(f"unknown algorithm {algo!r}; choose one of {', '.join(algorithms())}")
+    raise XaiGraphError(f"algorithm {algo!r} does not support {task} models")
+
+
+def methods_for_task(task: str) -> list[type[SaliencyMethod]]:
+    return [cls for (_, t), cls in _REGISTRY.items() if t == task]

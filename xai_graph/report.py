@@ -1,0 +1,70 @@
+"""`inspect`: what a model looks like to xai-graph, as plain data."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import onnx_ir as ir
+
+from xai_graph.errors import XaiGraphError
+from xai_graph.graph.analysis import shape_text
+from xai_graph.graph.io import load_model
+from xai_graph.graph.targets import find_target
+from xai_graph.methods import MethodOptions, methods_for_task
+
+
+@dataclass
+class ModelReport:
+    path: str
+    opset: int
+    inputs: list[dict]
+    outputs: list[dict]
+    metadata: dict[str, str]
+    scores: str | None = None
+    final_activation: str | None = None
+    pools: list[dict] = field(default_factory=list)
+    candidates: list[dict] = field(default_factory=list)
+    target: str | None = None
+    target_shape: str | None = None
+    reason: str | None = None
+    algorithms: dict[str, str] = field(default_factory=dict)  # algo -> "yes" or why not
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _describe_value(v: ir.Value) -> dict:
+    return {"name": v.name, "shape": shape_text(v), "dtype": v.dtype.name if v.dtype is not None else "?"}
+
+
+def describe(path: str | os.PathLike, target_layer: str | None = None) -> ModelReport:
+    model = load_model(path)
+    graph = model.graph
+    report = ModelReport(
+        path=str(path),
+        opset=model.opset_imports.get("", 0),
+        inputs=[_describe_value(v) for v in graph.inputs if not v.is_initializer()],
+        outputs=[_describe_value(v) for v in graph.outputs],
+        metadata=dict(model.metadata_props),
+    )
+    try:
+        target = find_target(model, target_layer)
+    except XaiGraphError as exc:
+        report.reason = str(exc)
+        report.algorithms = {cls.algo: "no: no target map" for cls in methods_for_task("classification")}
+        return report
+    report.scores = target.scores.name
+    report.final_activation = target.final_activation
+    report.pools = [{"node": p.node.name, "op": p.node.op_type, "input": p.input.name,
+                     "shape": shape_text(p.input), "role": "head" if p.feeds_scores else "side (squeeze-excitation)"}
+                    for p in target.pools]
+    report.candidates = [_describe_value(v) for v in target.candidates]
+    report.target, report.target_shape, report.reason = target.value.name, shape_text(target.value), target.reason
+    for cls in methods_for_task("classification"):
+        try:
+            cls(MethodOptions()).check(target)
+            report.algorithms[cls.algo] = "yes"
+        except XaiGraphError as exc:
+            report.algorithms[cls.algo] = f"no: {exc}"
+    return report
