@@ -55,11 +55,13 @@ def insert(
     builder = GraphBuilder(graph, opset=model.opset_imports.get("", 1))
     saliency = method.build(builder, target)
     if not raw:
-        saliency = scale_to_uint8(builder, saliency)
-    _add_output(graph, saliency, SALIENCY_MAP, ir.DataType.FLOAT if raw else ir.DataType.UINT8)
+        saliency = scale_to_uint8(builder, saliency, class_wise=method.class_wise)
+    batch, height, width = _dims(target.value, [0, 2, 3])
+    map_dims = [batch, target.num_classes, height, width] if method.class_wise else [batch, height, width]
+    _add_output(graph, saliency, SALIENCY_MAP, ir.DataType.FLOAT if raw else ir.DataType.UINT8, map_dims)
     if feature_vector:
         _add_output(graph, builder.reduce("ReduceMean", target.value, [2, 3], keepdims=False), FEATURE_VECTOR,
-                    ir.DataType.FLOAT)
+                    ir.DataType.FLOAT, _dims(target.value, [0, 1]))
 
     model.metadata_props.update({
         "xai_graph.version": __version__,
@@ -70,14 +72,13 @@ def insert(
         "xai_graph.options": json.dumps({"mask": mask, "score": score, "raw": raw,
                                          "feature_vector": feature_vector}, sort_keys=True),
     })
-    _infer_output_shapes_and_check(model, batch_dim=target.scores.shape[0])
+    _check(model)
     return model
 
 
-def scale_to_uint8(b: GraphBuilder, saliency: ir.Value) -> ir.Value:
+def scale_to_uint8(b: GraphBuilder, saliency: ir.Value, class_wise: bool) -> ir.Value:
     """255 * (s - min) / (max - min + eps) per image and class over the map, rounded, as uint8."""
-    leading = [0] * (len(saliency.shape) - 2) if saliency.shape is not None else [0, 0]
-    flat = b.reshape(saliency, *leading, -1)  # [B, K, hw], or [B, hw] for class-agnostic maps
+    flat = b.reshape(saliency, 0, 0, -1) if class_wise else b.reshape(saliency, 0, -1)  # [B, (K,) hw]
     low = b.reduce("ReduceMin", flat, [-1], keepdims=True)
     high = b.reduce("ReduceMax", flat, [-1], keepdims=True)
     span = b.op("Add", b.op("Sub", high, low), b.scalar(_EPSILON))
@@ -86,10 +87,18 @@ def scale_to_uint8(b: GraphBuilder, saliency: ir.Value) -> ir.Value:
     return b.op("Reshape", b.op("Cast", clipped, to=ir.DataType.UINT8), b.op("Shape", saliency))
 
 
-def _add_output(graph: ir.Graph, value: ir.Value, name: str, dtype: ir.DataType) -> None:
+def _add_output(graph: ir.Graph, value: ir.Value, name: str, dtype: ir.DataType, dims: list) -> None:
     value.name = name
     value.dtype = dtype
+    value.shape = ir.Shape(dims)
     graph.outputs.append(value)
+
+
+def _dims(value: ir.Value, axes: list[int]) -> list:
+    """Dims of `value` to declare on an output: static sizes and named symbols kept, others left unknown."""
+    dims = list(value.shape) if value.shape is not None else [None] * 4
+    return [dims[a] if isinstance(dims[a], ir.SymbolicDim) or (isinstance(dims[a], int) and dims[a] >= 0)
+            else None for a in axes]
 
 
 def remove_head(model: ir.Model) -> None:
@@ -105,21 +114,13 @@ def remove_head(model: ir.Model) -> None:
         del model.metadata_props[key]
 
 
-def _infer_output_shapes_and_check(model: ir.Model, batch_dim) -> None:
-    """Give the new outputs their inferred shapes, then run the ONNX checker on the result.
-
-    The checker runs here because shape inference inside onnx-ir only logs failures.
-    """
+def _check(model: ir.Model) -> None:
+    """Run the ONNX checker on the result: shape inference inside onnx-ir only logs failures."""
     proto = ir.serde.serialize_model(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except Exception as exc:
         raise XaiGraphError(f"internal error: the rewritten model fails shape inference ({str(exc).splitlines()[0]})") from None
-    inferred_outputs = {o.name: o for o in ir.serde.deserialize_graph(inferred.graph).outputs}
-    for out in model.graph.outputs:
-        shape = inferred_outputs[out.name].shape
-        if out.name in HEAD_OUTPUTS and shape is not None:
-            out.shape = ir.Shape([batch_dim, *list(shape)[1:]])  # name the batch as the scores do
     if uses_external_data(inferred):
         return  # the checker cannot read relative data files from memory; save_model checks the file
     try:

@@ -34,9 +34,10 @@ def clone_tail(builder: GraphBuilder, tail: Sequence[ir.Node], start: ir.Value,
             raise XaiGraphError(f"the head after '{start.name}' contains control flow ({node.op_type}); "
                                 "it cannot be cloned")
         inputs = [mapping.get(v, v) if v is not None else None for v in node.inputs]
+        attrs = {name: _copy_attr(attr) for name, attr in node.attributes.items()}
         if node.op_type == "Reshape" and node.inputs[1] not in mapping:
             inputs[1] = _batch_free_shape(builder, node)
-        attrs = {name: _copy_attr(attr) for name, attr in node.attributes.items()}
+            attrs.pop("allowzero", None)  # the runtime form copies the batch with 0
         outputs = builder.op_multi(node.op_type, *inputs, num_outputs=len(node.outputs), **attrs) \
             if node.domain == "" else _clone_custom(builder, node, inputs)
         mapping.update(zip(node.outputs, outputs))
@@ -44,11 +45,18 @@ def clone_tail(builder: GraphBuilder, tail: Sequence[ir.Node], start: ir.Value,
 
 
 def _batch_free_shape(builder: GraphBuilder, node: ir.Node) -> ir.Value:
+    """The Reshape's target shape with its batch entry freed.
+
+    Static output: the constant [-1, d1, ...]. Otherwise the original shape tensor
+    with entry 0 replaced by 0, which (allowzero=0) copies the clone's own batch
+    and still lets a later -1 stand.
+    """
     out = node.outputs[0]
     rest = list(out.shape)[1:] if out.shape is not None else None
-    if rest is None or not all(isinstance(d, int) and d >= 0 for d in rest):
-        raise XaiGraphError(f"cannot make Reshape '{node.name}' batch-agnostic: its output shape is not static")
-    return builder.ints([-1, *rest])
+    if rest is not None and all(isinstance(d, int) and d >= 0 for d in rest):
+        return builder.ints([-1, *rest])
+    tail_of_shape = builder.op("Slice", node.inputs[1], builder.ints([1]), builder.ints([2**62]), builder.ints([0]))
+    return builder.op("Concat", builder.ints([0]), tail_of_shape, axis=0)
 
 
 def _copy_attr(attr: ir.Attr):
