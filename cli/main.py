@@ -60,8 +60,7 @@ def insert(model, algo, output, target_layer, mask, score, raw, feature_vector, 
     """Insert a saliency head into MODEL (.onnx)."""
     output = output or model.with_name(model.stem + "_xai.onnx")
     start = time.perf_counter()
-    source = xai_graph.load_model(model)
-    result = xai_graph.insert(source, algo, target_layer=target_layer, mask=mask, score=score, raw=raw,
+    result = xai_graph.insert(model, algo, target_layer=target_layer, mask=mask, score=score, raw=raw,
                               feature_vector=feature_vector, replace=replace)
     xai_graph.save_model(result, output)
     saliency = next(o for o in result.graph.outputs if o.name == "saliency_map")

@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from xai_graph import __version__
 from xai_graph.errors import XaiGraphError
+from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
 from xai_graph.graph.targets import find_target
@@ -97,8 +98,7 @@ def _add_output(graph: ir.Graph, value: ir.Value, name: str, dtype: ir.DataType,
 def _dims(value: ir.Value, axes: list[int]) -> list:
     """Dims of `value` to declare on an output: static sizes and named symbols kept, others left unknown."""
     dims = list(value.shape) if value.shape is not None else [None] * 4
-    return [dims[a] if isinstance(dims[a], ir.SymbolicDim) or (isinstance(dims[a], int) and dims[a] >= 0)
-            else None for a in axes]
+    return [known_dim(dims[a]) for a in axes]
 
 
 def remove_head(model: ir.Model) -> None:
@@ -115,16 +115,12 @@ def remove_head(model: ir.Model) -> None:
 
 
 def _check(model: ir.Model) -> None:
-    """Run the ONNX checker on the result: shape inference inside onnx-ir only logs failures."""
+    """Run the ONNX checker on the result: onnx-ir's own passes only log failures."""
     proto = ir.serde.serialize_model(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
-    except Exception as exc:
-        raise XaiGraphError(f"internal error: the rewritten model fails shape inference ({str(exc).splitlines()[0]})") from None
-    if uses_external_data(inferred):
+    if uses_external_data(proto):
         return  # the checker cannot read relative data files from memory; save_model checks the file
     try:
-        onnx.checker.check_model(inferred)
+        onnx.checker.check_model(proto)
     except ValueError:
         pass  # over 2 GB in memory: save_model checks the written file instead
     except onnx.checker.ValidationError as exc:

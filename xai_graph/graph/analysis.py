@@ -85,11 +85,19 @@ def spatial_size(value: ir.Value) -> tuple[int | None, int | None] | None:
     return dims[2], dims[3]
 
 
+def known_dim(dim):
+    """A static size or a meaningful symbol; None for unknown (including shape inference's `unk__N`)."""
+    if isinstance(dim, int):
+        return dim if dim >= 0 else None
+    name = getattr(dim, "value", None)
+    return dim if name and not name.startswith("unk__") else None
+
+
 def shape_text(value: ir.Value) -> str:
     if value.shape is None:
         return "[?]"
-    return "[" + ", ".join(str(d) if isinstance(d, int) and d >= 0 else (str(d.value) if getattr(d, "value", None) else "?")
-                           for d in value.shape) + "]"
+    dims = [known_dim(d) for d in value.shape]
+    return "[" + ", ".join("?" if d is None else str(d if isinstance(d, int) else d.value) for d in dims) + "]"
 
 
 def constant_array(value: ir.Value | None):

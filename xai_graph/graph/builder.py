@@ -105,9 +105,8 @@ class GraphBuilder:
         return self.op("Reshape", x, self.shape_from(*parts))
 
     def eye(self, n: ir.Value | int) -> ir.Value:
-        """An n x n float32 identity, built at run time when n is not static."""
-        if isinstance(n, int):
-            return self.const(np.eye(n, dtype=np.float32))
+        """An n x n float32 identity, built at run time: stored, it would grow the model by n^2 floats."""
+        n = self.ints([n]) if isinstance(n, int) else n
         zeros = self.op("ConstantOfShape", self.op("Concat", n, n, axis=0),
                         value=ir.tensor(np.zeros(1, dtype=np.float32)))
         return self.op("EyeLike", zeros)
