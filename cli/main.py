@@ -12,7 +12,13 @@ import click
 import xai_graph
 from xai_graph.errors import XaiGraphError
 from xai_graph.methods.recipro_cam import MASKS, SCORES
+from xai_graph.explain import Explainer
+from xai_graph.gallery import ResultWriter
 from xai_graph.graph.analysis import shape_text
+from xai_graph.images import find_images
+from xai_graph.pipeline import explain_files
+from xai_graph.preprocess import RESIZE_TYPES, parse_triple, model_info_metadata
+from xai_graph.runtime import RUNTIMES
 from xai_graph.report import describe
 
 
@@ -56,12 +62,23 @@ def main():
 @click.option("--raw", is_flag=True, help="Keep the map as float32 instead of uint8 0..255.")
 @click.option("--feature-vector", is_flag=True, help="Also output feature_vector [B, C].")
 @click.option("--replace", is_flag=True, help="Rebuild the head of a model that already has saliency_map.")
-def insert(model, algo, output, target_layer, mask, score, raw, feature_vector, replace):
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Text file, one class name per line: recorded in the model's metadata (Model API form).")
+@click.option("--mean", help="Preprocessing to record: mean per channel, e.g. '123.675,116.28,103.53'.")
+@click.option("--std", help="Preprocessing to record: scale per channel, input = (pixel - mean) / std.")
+@click.option("--bgr/--rgb", default=None, help="Record that the model takes BGR (or RGB) input.")
+@click.option("--resize", type=click.Choice(RESIZE_TYPES), help="Record the resize the model expects.")
+def insert(model, algo, output, target_layer, mask, score, raw, feature_vector, replace, labels, mean, std, bgr,
+           resize):
     """Insert a saliency head into MODEL (.onnx)."""
     output = output or model.with_name(model.stem + "_xai.onnx")
     start = time.perf_counter()
+    label_list = labels.read_text().splitlines() if labels else None
+    preprocessing = model_info_metadata(labels=[x for x in label_list if x.strip()] if label_list else None,
+                                        mean=mean, std=std, bgr=bgr, resize=resize)
     result = xai_graph.insert(model, algo, target_layer=target_layer, mask=mask, score=score, raw=raw,
-                              feature_vector=feature_vector, replace=replace)
+                              feature_vector=feature_vector, replace=replace,
+                              metadata=preprocessing if len(preprocessing) > 1 else None)
     xai_graph.save_model(result, output)
     saliency = next(o for o in result.graph.outputs if o.name == "saliency_map")
     click.echo(f"{output}: {result.metadata_props['xai_graph.method']} on '{result.metadata_props['xai_graph.target']}', "
@@ -99,6 +116,90 @@ def inspect(model, target_layer, as_json):
         click.echo(f"target  none: {report.reason}")
     for algo, verdict in report.algorithms.items():
         click.echo(f"algo    {algo}: {verdict}")
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+        return width, height
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected WxH, e.g. 224x224") from None
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-i", "--input", "inputs", multiple=True, required=True,
+              help="Image, folder (recursive) or glob; repeatable.")
+@click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
+@click.option("--device", default="CPU", show_default=True, help="OpenVINO device name.")
+@click.option("--algo", type=click.Choice(xai_graph.algorithms()),
+              help="Used when MODEL has no saliency_map yet (it is then instrumented on the fly).")
+@click.option("--classes", default="predicted", show_default=True,
+              help="Maps to render: 'predicted' (top-1, or those over 0.5 for multi-label), 'all', or ids/labels "
+                   "separated by commas.")
+@click.option("--top-k", default=5, show_default=True, help="Predictions listed per image.")
+@click.option("--overlay-alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Weight of the map in the overlay: image * (1 - A) + map * A.")
+@click.option("--raw", is_flag=True, help="Float32 maps: also written as .npy.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--size", help="Input size WxH, for models whose input size is dynamic.")
+@click.option("--mean", help="Mean per channel (overrides the model's metadata).")
+@click.option("--std", help="Scale per channel: input = (pixel - mean) / std.")
+@click.option("--bgr/--rgb", default=None, help="Channel order the model takes.")
+@click.option("--resize", type=click.Choice(RESIZE_TYPES), help="How images are fitted to the input.")
+@click.option("--overwrite", is_flag=True, help="Replace files of an earlier run instead of adding new names.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def explain(model, inputs, outdir, runtime, device, algo, classes, top_k, overlay_alpha, raw, batch_size, size,
+            mean, std, bgr, resize, overwrite, quiet):
+    """Explain images with MODEL: a saliency map and an overlay per image and class, predictions.json and
+    index.html in OUTDIR. Exit code 3 when some images failed (they are listed in predictions.json)."""
+    paths = find_images(list(inputs))
+    if not paths:
+        raise XaiGraphError(f"no images found in {', '.join(inputs)}")
+    overrides = {"mean": parse_triple(mean) if mean else None, "scale": parse_triple(std) if std else None,
+                 "rgb": None if bgr is None else not bgr, "resize": resize}
+    with Explainer(model, runtime=runtime, device=device, algo=algo, classes=classes, top_k=top_k, raw=raw,
+                   size=_size(size), **overrides) as explainer:
+        if explainer.instrumented_here:
+            click.echo(f"{model} has no saliency_map: instrumented on the fly with {explainer.algo}", err=True)
+        writer = ResultWriter(outdir, overwrite=overwrite, alpha=overlay_alpha, raw=raw)
+        show_bar = not quiet and len(paths) > 3
+        with click.progressbar(length=len(paths), label="explaining", file=sys.stderr,
+                               hidden=not show_bar) as bar:
+            summary = explain_files(explainer, paths, writer, batch_size=batch_size, progress=bar.update)
+    click.echo(f"{summary.images - summary.failed}/{summary.images} images explained "
+               f"({summary.images_per_second:.1f} images/s); open {summary.index}")
+    if summary.failed:
+        click.echo(f"{summary.failed} failed: see {summary.predictions}", err=True)
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("outdir", type=click.Path(path_type=Path), default="xai-demo")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
+def demo(outdir, runtime):
+    """Instrument the bundled ImageNet EfficientNet-Lite0 and explain the sample photos into OUTDIR."""
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    model = samples / "efficientnet_lite0.onnx"
+    if not model.exists():
+        raise XaiGraphError(f"{samples}: the samples are not here; run the demo from a checkout of xai-graph")
+    outdir.mkdir(parents=True, exist_ok=True)
+    instrumented = outdir / "efficientnet_lite0_xai.onnx"
+    xai_graph.save_model(xai_graph.insert(model, "classwisesaliencymap"), instrumented)
+    click.echo(f"instrumented {model.name} with Recipro-CAM -> {instrumented}")
+    with Explainer(instrumented, runtime=runtime) as explainer:
+        writer = ResultWriter(outdir, overwrite=True)
+        summary = explain_files(explainer, find_images([str(samples / "images")]), writer)
+    for record in writer.records.values():
+        if record["top"]:
+            verdict = f"{record['top'][0]['label']} ({record['top'][0]['score']:.2f})"
+        else:
+            verdict = f"failed: {record['error']}"
+        click.echo(f"  {Path(record['image']).name:<16} {verdict}")
+    click.echo(f"open {summary.index} (red = where the model looked)")
 
 
 if __name__ == "__main__":

@@ -36,12 +36,14 @@ def insert(
     raw: bool = False,
     feature_vector: bool = False,
     replace: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> ir.Model:
     """Return a copy of `model` with a `saliency_map` output (and `feature_vector` on request).
 
     The original outputs come first and are unchanged; `saliency_map` is uint8
     [B, K, h, w] for class-wise methods and [B, h, w] otherwise, scaled per image
-    and per class to 0..255, or the raw float32 map with `raw=True`.
+    and per class to 0..255, or the raw float32 map with `raw=True`. `metadata`
+    entries (labels, preprocessing) are added to the model's metadata.
     """
     model = to_ir(model)
     graph = model.graph
@@ -64,12 +66,14 @@ def insert(
         _add_output(graph, builder.reduce("ReduceMean", target.value, [2, 3], keepdims=False), FEATURE_VECTOR,
                     ir.DataType.FLOAT, _dims(target.value, [0, 1]))
 
+    model.metadata_props.update(metadata or {})
     model.metadata_props.update({
         "xai_graph.version": __version__,
         "xai_graph.algorithm": algo,
         "xai_graph.method": method.title,
         "xai_graph.target": target.value.name,
         "xai_graph.scores": target.scores.name,
+        "xai_graph.scores_activation": target.final_activation or "none",
         "xai_graph.options": json.dumps({"mask": mask, "score": score, "raw": raw,
                                          "feature_vector": feature_vector}, sort_keys=True),
     })

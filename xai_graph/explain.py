@@ -1,0 +1,194 @@
+"""Run an instrumented model over images: predictions and saliency maps per image.
+
+`Explainer` owns the runtime session and the preprocessing; it instruments a
+model without `saliency_map` on the fly (in a temporary folder). Rendering and
+writing files live in `xai_graph.render` and `xai_graph.gallery`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from xai_graph.errors import XaiGraphError
+from xai_graph.graph.analysis import known_dim
+from xai_graph.graph.io import load_model, save_model
+from xai_graph.head import SALIENCY_MAP, insert
+from xai_graph.preprocess import Placement, Preprocessing, read_model_info
+from xai_graph.runtime import RUNTIMES, open_model
+
+MULTILABEL_THRESHOLD = 0.5
+
+
+@dataclass
+class ClassScore:
+    id: int
+    label: str
+    score: float  # probability: softmax of the logits, or the model's own Softmax/Sigmoid output
+
+
+@dataclass
+class Explanation:
+    top: list[ClassScore]  # the top-k classes, best first
+    selected: list[ClassScore]  # the classes whose maps are rendered (all, for class-agnostic maps: empty)
+    saliency: np.ndarray  # [K, h, w] or [h, w]; uint8, or float32 from a --raw head
+    placement: Placement
+    image_shape: tuple[int, ...]
+
+    @property
+    def class_wise(self) -> bool:
+        return self.saliency.ndim == 3
+
+    def map_for(self, class_id: int | None) -> np.ndarray:
+        return self.saliency[class_id] if self.class_wise else self.saliency
+
+
+class Explainer:
+    """Predictions and saliency maps from one run of an (instrumented) ONNX model.
+
+    >>> explainer = Explainer("model.onnx")               # instruments on the fly if needed
+    >>> explanation = explainer.explain([image_bgr])[0]   # OpenCV BGR uint8 images
+    """
+
+    def __init__(self, model: str | os.PathLike, runtime: str = "onnxruntime", device: str = "CPU",
+                 algo: str | None = None, classes: str = "predicted", top_k: int = 5, raw: bool = False,
+                 size: tuple[int, int] | None = None, threads: int | None = None, **preprocessing):
+        if runtime not in RUNTIMES:
+            raise XaiGraphError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        self.source = Path(model)
+        graph_model, self.model_path, self.instrumented_here = self._instrumented(self.source, algo, raw)
+        self.metadata = dict(graph_model.metadata_props)
+        self.info = read_model_info(self.metadata)
+        self.algo = self.metadata.get("xai_graph.algorithm", algo or "?")
+        self.session = open_model(self.model_path, runtime, **({"device": device} if runtime == "openvino" else {}),
+                                  **({"threads": threads} if threads else {}))
+        self.input_name = self.session.input_names[0]
+        self.scores_name = self.metadata.get("xai_graph.scores") or self.session.output_names[0]
+        self.scores_activation = self.metadata.get("xai_graph.scores_activation", "none")
+        self.preprocessing, self.max_batch = self._preprocessing(graph_model, size, preprocessing)
+        self.class_selection = classes
+        self.top_k = top_k
+        if classes not in ("predicted", "all"):  # fail before the run, not once per image
+            scores = next(o for o in graph_model.graph.outputs if o.name == self.scores_name)
+            self.parse_classes(classes, known_dim(scores.shape[-1]) or 2**31)
+
+    # -- set-up ----------------------------------------------------------------
+    def _instrumented(self, source: Path, algo: str | None, raw: bool) -> tuple[ir.Model, Path, bool]:
+        """The model with a head: the source itself, or a copy instrumented in a temporary folder."""
+        model = load_model(source)
+        if SALIENCY_MAP in [o.name for o in model.graph.outputs]:
+            if algo and model.metadata_props.get("xai_graph.algorithm") not in (None, algo):
+                raise XaiGraphError(f"{source} already has a saliency_map head of another algorithm; "
+                                    "re-insert it with `xai-graph insert --replace`")
+            return model, source, False
+        model = insert(model, algo or "classwisesaliencymap", raw=raw)
+        folder = Path(tempfile.mkdtemp(prefix="xai-graph-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+        return model, save_model(model, folder / "instrumented.onnx"), True
+
+    def _preprocessing(self, model: ir.Model, size, overrides) -> tuple[Preprocessing, int | None]:
+        inputs = [i for i in model.graph.inputs if i.name == self.input_name]
+        dims = [known_dim(d) for d in inputs[0].shape] if inputs and inputs[0].shape is not None else []
+        dims = [d if isinstance(d, int) and d > 0 else None for d in dims]
+        if len(dims) != 4:
+            raise XaiGraphError(f"input '{self.input_name}' is not an image batch [B, C, H, W] or [B, H, W, C]")
+        layout = "NHWC" if dims[3] in (1, 3) and dims[1] not in (1, 3) else "NCHW"
+        height, width = (dims[1], dims[2]) if layout == "NHWC" else (dims[2], dims[3])
+        if size:
+            width, height = size
+        if not width or not height:
+            raise XaiGraphError(f"input '{self.input_name}' has a dynamic size; pass --size WxH")
+        base = Preprocessing(width=width, height=height, layout=layout)
+        base = base.with_overrides(**self.info.preprocessing)
+        return base.with_overrides(**overrides), dims[0]
+
+    def close(self) -> None:
+        if self.instrumented_here:
+            self._cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- running ---------------------------------------------------------------
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.preprocessing.width, self.preprocessing.height
+
+    def label(self, class_id: int) -> str:
+        return self.info.labels[class_id] if class_id < len(self.info.labels) else str(class_id)
+
+    def run(self, tensors: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(scores, saliency map) per image, in batches the model accepts."""
+        step = self.max_batch or len(tensors)
+        results = []
+        for start in range(0, len(tensors), step):
+            chunk = tensors[start:start + step]
+            batch = np.stack(chunk)
+            if self.max_batch and len(chunk) < self.max_batch:  # a static batch: pad, then drop the padding
+                batch = np.concatenate([batch, np.repeat(batch[-1:], self.max_batch - len(chunk), axis=0)])
+            outputs = self.session({self.input_name: batch})
+            results += list(zip(outputs[self.scores_name][:len(chunk)], outputs[SALIENCY_MAP][:len(chunk)]))
+        return results
+
+    def explain(self, images: list[np.ndarray]) -> list[Explanation]:
+        prepared = [self.preprocessing(image) for image in images]
+        outputs = self.run([tensor for tensor, _ in prepared])
+        return [self.describe(scores, saliency, placement, image.shape)
+                for (scores, saliency), (_, placement), image in zip(outputs, prepared, images)]
+
+    def describe(self, scores: np.ndarray, saliency: np.ndarray, placement: Placement,
+                 image_shape: tuple[int, ...]) -> Explanation:
+        probabilities = self.probabilities(scores)
+        order = np.argsort(-probabilities, kind="stable")
+        as_class = lambda i: ClassScore(int(i), self.label(int(i)), float(probabilities[i]))  # noqa: E731
+        top = [as_class(i) for i in order[:self.top_k]]
+        selected = [as_class(i) for i in self.select_classes(probabilities, order)] if saliency.ndim == 3 else []
+        return Explanation(top, selected, saliency, placement, tuple(image_shape))
+
+    @property
+    def multilabel(self) -> bool:
+        return self.info.multilabel or self.scores_activation == "Sigmoid"
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        scores = scores.astype(np.float64)
+        if self.scores_activation in ("Softmax", "Sigmoid"):
+            return scores
+        if self.multilabel:
+            return 1 / (1 + np.exp(-scores))
+        e = np.exp(scores - scores.max())
+        return e / e.sum()
+
+    def select_classes(self, probabilities: np.ndarray, order: np.ndarray) -> list[int]:
+        choice = self.class_selection
+        if choice == "all":
+            return list(range(len(probabilities)))
+        if choice == "predicted":
+            if self.multilabel:
+                above = [int(i) for i in order if probabilities[i] >= MULTILABEL_THRESHOLD]
+                return above or [int(order[0])]
+            return [int(order[0])]
+        return self.parse_classes(choice, len(probabilities))
+
+    def parse_classes(self, text: str, num_classes: int) -> list[int]:
+        """'3,tabby,7': class ids or label names."""
+        by_name = {label: i for i, label in enumerate(self.info.labels)}
+        chosen = []
+        for item in (t.strip() for t in text.split(",") if t.strip()):
+            if item.isdigit() and int(item) < num_classes:
+                chosen.append(int(item))
+            elif item in by_name or item.replace(" ", "_") in by_name:
+                chosen.append(by_name.get(item, by_name.get(item.replace(" ", "_"))))
+            else:
+                raise XaiGraphError(f"--classes: {item!r} is neither a class id below {num_classes} nor a label")
+        return list(dict.fromkeys(chosen))
+

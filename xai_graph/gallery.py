@@ -1,0 +1,187 @@
+"""Write explain results into a folder: maps, overlays, predictions.json and index.html.
+
+Files are named `{stem}_{label}_saliency_map.png` / `{stem}_{label}_overlay.png`
+(class-agnostic maps: `{stem}_saliency_map.png`). Names are sanitised and checked
+to stay inside the folder; each file is written to a temporary name and linked
+into place, so nothing is overwritten unless asked and no half-written file is
+ever visible.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from xai_graph.errors import XaiGraphError
+from xai_graph.explain import Explanation
+from xai_graph.render import colorize, map_to_image, overlay, render_size, scale_raw, to_uint8
+
+PREDICTIONS = "predictions.json"
+INDEX = "index.html"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """A file-name fragment: letters, digits, '.', '_' and '-' only; no leading dots, never empty."""
+    cleaned = _UNSAFE.sub("_", text).strip("._-")[:limit].strip("._-")
+    return cleaned or "unnamed"
+
+
+class ResultWriter:
+    """Collects results for one output folder; thread-safe, so rendering can run in a pool."""
+
+    def __init__(self, outdir: str | os.PathLike, overwrite: bool = False, alpha: float = 0.5, raw: bool = False):
+        self.outdir = Path(outdir)
+        if self.outdir.exists() and not self.outdir.is_dir():
+            raise XaiGraphError(f"{self.outdir}: exists and is not a folder")
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.root = self.outdir.resolve()
+        self.overwrite, self.alpha, self.raw = overwrite, alpha, raw
+        self._lock = threading.Lock()
+        self._claimed: set[Path] = set()
+        self.records: dict[str, dict] = self._previous_records()
+
+    def _previous_records(self) -> dict[str, dict]:
+        try:
+            previous = json.loads((self.outdir / PREDICTIONS).read_text())
+            return {r["image"]: r for r in previous.get("images", [])}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    # -- files -------------------------------------------------------------------
+    def _target(self, name: str) -> Path:
+        path = (self.root / name).resolve()
+        if path.parent != self.root:  # sanitising makes this impossible; checked all the same
+            raise XaiGraphError(f"refusing to write outside {self.root}: {name!r}")
+        return path
+
+    def _write(self, name: str, data: bytes) -> str:
+        """Write `data` under `name`, or `name-1`, `name-2`... where it exists and overwriting is off."""
+        stem, suffix = os.path.splitext(name)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            for n in range(10_000):
+                path = self._target(f"{stem}-{n}{suffix}" if n else name)
+                with self._lock:
+                    if path in self._claimed:
+                        continue
+                    if self.overwrite:
+                        os.replace(tmp, path)
+                    else:
+                        try:
+                            os.link(tmp, path)  # fails if the name exists: never overwrites
+                        except FileExistsError:
+                            continue
+                    self._claimed.add(path)
+                    return path.name
+            raise XaiGraphError(f"too many files named {name} in {self.root}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _write_image(self, name: str, image: np.ndarray) -> str:
+        ok, encoded = cv2.imencode(os.path.splitext(name)[1], image)
+        if not ok:
+            raise XaiGraphError(f"could not encode {name}")
+        return self._write(name, encoded.tobytes())
+
+    # -- results -----------------------------------------------------------------
+    def add(self, image_path: Path, image: np.ndarray, explanation: Explanation, input_size: tuple[int, int]) -> dict:
+        """Render and write the maps of one image (as decoded: the placement refers to it)."""
+        stem = safe_name(image_path.stem)
+        size = render_size(image.shape)
+        shown = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != image.shape[1::-1] else image
+        files = [self._write_image(f"{stem}_image.jpg", shown)]
+        targets = [(c.id, c.label) for c in explanation.selected] if explanation.class_wise else [(None, None)]
+        for class_id, label in targets:
+            saliency = explanation.map_for(class_id)
+            if self.raw:
+                files.append(self._write_npy(f"{stem}{_part(class_id, label)}_saliency_map.npy", saliency))
+                saliency = scale_raw(saliency)
+            resized, inside = map_to_image(saliency, explanation.placement, input_size, image.shape, size)
+            colored = colorize(to_uint8(resized))
+            colored[~inside] = 0
+            files.append(self._write_image(f"{stem}{_part(class_id, label)}_saliency_map.png", colored))
+            files.append(self._write_image(f"{stem}{_part(class_id, label)}_overlay.png",
+                                         overlay(shown, colored, self.alpha, inside)))
+        record = {"image": str(image_path), "top": [vars(c) for c in explanation.top],
+                  "explained": [vars(c) for c in explanation.selected], "files": files, "error": None}
+        with self._lock:
+            self.records[str(image_path)] = record
+        return record
+
+    def _write_npy(self, name: str, array: np.ndarray) -> str:
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return self._write(name, buffer.getvalue())
+
+    def fail(self, image_path: Path, error: str) -> dict:
+        record = {"image": str(image_path), "top": [], "explained": [], "files": [], "error": error}
+        with self._lock:
+            self.records[str(image_path)] = record
+        return record
+
+    def finish(self, summary: dict) -> tuple[Path, Path]:
+        """Write predictions.json and index.html (both replaced atomically: they index the folder)."""
+        records = list(self.records.values())
+        predictions = {**summary, "images": records}
+        json_path = self._replace(PREDICTIONS, json.dumps(predictions, indent=2).encode())
+        html_path = self._replace(INDEX, gallery_html(predictions).encode())
+        return json_path, html_path
+
+    def _replace(self, name: str, data: bytes) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.root / name)
+        return self.root / name
+
+
+def _part(class_id: int | None, label: str | None) -> str:
+    return "" if class_id is None else "_" + safe_name(label or str(class_id))
+
+
+def gallery_html(predictions: dict) -> str:
+    """A self-contained page (relative links only) that works from the file system."""
+    rows = []
+    for record in predictions["images"]:
+        name = html.escape(Path(record["image"]).name)
+        if record["error"]:
+            rows.append(f'<section class="failed"><h2>{name}</h2><p>failed: {html.escape(record["error"])}</p></section>')
+            continue
+        top = "".join(f"<li>{html.escape(c['label'])} <span>{c['score']:.3f}</span></li>" for c in record["top"])
+        shown = [f for f in record["files"] if f.endswith("_image.jpg")] + \
+                [f for f in record["files"] if f.endswith("_overlay.png")]
+        figures = "".join(
+            f'<figure><img src="{html.escape(f)}" alt="{html.escape(f)}" loading="lazy">'
+            f"<figcaption>{html.escape(f)}</figcaption></figure>"
+            for f in shown)
+        rows.append(f"<section><h2>{name}</h2><ol>{top}</ol><div class=figs>{figures}</div></section>")
+    title = html.escape(f"xai-graph: {predictions.get('model', '')} ({predictions.get('algorithm', '')})")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; }}
+section {{ background: white; border: 1px solid #ddd; border-radius: 6px; padding: 0.8em; margin-bottom: 1em; }}
+section.failed {{ border-color: #c33; }}
+.figs {{ display: flex; flex-wrap: wrap; gap: 0.8em; }}
+figure {{ margin: 0; }} img {{ max-width: 360px; max-height: 360px; display: block; }}
+figcaption {{ font-size: 0.75em; color: #555; }} ol span {{ color: #777; }}
+</style></head><body>
+<h1>{title}</h1>
+<p>Overlays: red = where the model looked. Scores are probabilities.</p>
+{''.join(rows)}
+</body></html>
+"""

@@ -1,0 +1,108 @@
+"""Explain many images fast: decoding, inference and rendering overlap.
+
+Decoding + preprocessing and rendering + writing run in a thread pool (OpenCV
+releases the GIL) while the main thread runs the model batch after batch. At
+most a few batches are in flight, so memory stays bounded whatever the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from xai_graph.explain import Explainer
+from xai_graph.gallery import ResultWriter
+from xai_graph.images import ImageError, read_image
+
+
+@dataclass
+class RunSummary:
+    images: int
+    failed: int
+    seconds: float
+    predictions: Path
+    index: Path
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int) -> Iterator:
+    """fn(item) for each item, in order, computed up to `depth` items ahead."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) > depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def explain_files(explainer: Explainer, paths: list[Path], writer: ResultWriter, batch_size: int = 8,
+                  workers: int | None = None, progress: Callable[[int], None] | None = None) -> RunSummary:
+    """Explain every file; a file that fails is recorded in the writer and the run goes on."""
+    batch_size = explainer.max_batch or max(1, batch_size)
+    workers = workers or min(8, (os.cpu_count() or 2))
+    start = time.perf_counter()
+
+    def load(path: Path):
+        try:
+            image = read_image(path)
+            tensor, placement = explainer.preprocessing(image)
+            return path, image, tensor, placement, None
+        except ImageError as exc:
+            return path, None, None, None, str(exc)
+        except Exception as exc:  # an odd file must not stop the run
+            return path, None, None, None, f"cannot prepare the image ({type(exc).__name__}: {exc})"
+
+    def render(path, image, explanation):
+        try:
+            writer.add(path, image, explanation, explainer.input_size)
+        except Exception as exc:  # a full disk for one image is recorded, the run goes on
+            writer.fail(path, f"cannot write the results ({type(exc).__name__}: {exc})")
+
+    with ThreadPoolExecutor(workers) as pool:
+        renders: deque[Future] = deque()
+        batch: list = []
+
+        def flush():
+            outputs = explainer.run([item[2] for item in batch])
+            for (path, image, _, placement, _), (scores, saliency) in zip(batch, outputs):
+                explanation = explainer.describe(scores, saliency, placement, image.shape)
+                renders.append(pool.submit(render, path, image, explanation))
+            batch.clear()
+            while len(renders) > 2 * batch_size:  # bound the images held for rendering
+                _finish(renders.popleft(), progress)
+
+        for item in _prefetch(pool, load, paths, depth=2 * batch_size):
+            if item[4] is not None:
+                writer.fail(item[0], item[4])
+                if progress:
+                    progress(1)
+                continue
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        while renders:
+            _finish(renders.popleft(), progress)
+
+    elapsed = time.perf_counter() - start
+    failed = sum(1 for p in paths if writer.records.get(str(p), {}).get("error"))
+    summary = {"model": str(explainer.source), "algorithm": explainer.algo, "runtime": type(explainer.session).__name__,
+               "input_size": list(explainer.input_size), "overlay_alpha": writer.alpha}
+    predictions, index = writer.finish(summary)
+    return RunSummary(len(paths), failed, elapsed, predictions, index)
+
+
+def _finish(future: Future, progress) -> None:
+    future.result()
+    if progress:
+        progress(1)
