@@ -9,6 +9,7 @@ puts a saliency map back on the right pixels.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -106,7 +107,8 @@ def model_info_metadata(labels=None, mean=None, std=None, bgr=None, resize=None)
     """Metadata entries in the Model API form (`model_info <key>`), for the values given."""
     entries = {"model_type": "Classification"}
     if labels is not None:
-        entries["labels"] = " ".join(label.strip().replace(" ", "_") for label in labels)
+        # Model API separates labels by spaces: whitespace inside a label becomes "_".
+        entries["labels"] = " ".join(re.sub(r"\s+", "_", label.strip()) or "_" for label in labels)
     if mean is not None:
         entries["mean_values"] = " ".join(f"{v:g}" for v in parse_triple(mean))
     if std is not None:
