@@ -59,6 +59,10 @@ def main():
               help="Recipro-CAM mask: 3x3 Gaussian neighbourhood or one position.")
 @click.option("--score", type=click.Choice(SCORES), default="logits", show_default=True,
               help="Recipro-CAM score read per class.")
+@click.option("--classes", "class_maps", default="all", show_default=True, metavar="all|topk:N",
+              help="Class-wise maps for every class, or only for each image's N best (adds saliency_classes).")
+@click.option("--brute-force", is_flag=True,
+              help="Recipro-CAM: clone the whole tail on masked maps even where the fused form applies.")
 @click.option("--raw", is_flag=True, help="Keep the map as float32 instead of uint8 0..255.")
 @click.option("--feature-vector", is_flag=True, help="Also output feature_vector [B, C].")
 @click.option("--replace", is_flag=True, help="Rebuild the head of a model that already has saliency_map.")
@@ -68,8 +72,8 @@ def main():
 @click.option("--std", help="Preprocessing to record: scale per channel, input = (pixel - mean) / std.")
 @click.option("--bgr/--rgb", default=None, help="Record that the model takes BGR (or RGB) input.")
 @click.option("--resize", type=click.Choice(RESIZE_TYPES), help="Record the resize the model expects.")
-def insert(model, algo, output, target_layer, mask, score, raw, feature_vector, replace, labels, mean, std, bgr,
-           resize):
+def insert(model, algo, output, target_layer, mask, score, class_maps, brute_force, raw, feature_vector, replace, labels,
+           mean, std, bgr, resize):
     """Insert a saliency head into MODEL (.onnx)."""
     output = output or model.with_name(model.stem + "_xai.onnx")
     start = time.perf_counter()
@@ -77,8 +81,8 @@ def insert(model, algo, output, target_layer, mask, score, raw, feature_vector, 
     preprocessing = model_info_metadata(labels=[x for x in label_list if x.strip()] if label_list else None,
                                         mean=mean, std=std, bgr=bgr, resize=resize)
     result = xai_graph.insert(model, algo, target_layer=target_layer, mask=mask, score=score, raw=raw,
-                              feature_vector=feature_vector, replace=replace,
-                              metadata=preprocessing if len(preprocessing) > 1 else None)
+                              feature_vector=feature_vector, replace=replace, top_k=_top_k(class_maps),
+                              brute_force=brute_force, metadata=preprocessing if len(preprocessing) > 1 else None)
     xai_graph.save_model(result, output)
     saliency = next(o for o in result.graph.outputs if o.name == "saliency_map")
     click.echo(f"{output}: {result.metadata_props['xai_graph.method']} on '{result.metadata_props['xai_graph.target']}', "
@@ -116,6 +120,15 @@ def inspect(model, target_layer, as_json):
         click.echo(f"target  none: {report.reason}")
     for algo, verdict in report.algorithms.items():
         click.echo(f"algo    {algo}: {verdict}")
+
+
+def _top_k(text: str) -> int | None:
+    if text == "all":
+        return None
+    name, _, number = text.partition(":")
+    if name != "topk" or not number.isdigit() or int(number) < 1:
+        raise click.BadParameter(f"{text!r}: expected 'all' or 'topk:N', e.g. topk:5", param_hint="--classes")
+    return int(number)
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -188,8 +201,8 @@ def demo(outdir, runtime):
         raise XaiGraphError(f"{samples}: the samples are not here; run the demo from a checkout of xai-graph")
     outdir.mkdir(parents=True, exist_ok=True)
     instrumented = outdir / "efficientnet_lite0_xai.onnx"
-    xai_graph.save_model(xai_graph.insert(model, "classwisesaliencymap"), instrumented)
-    click.echo(f"instrumented {model.name} with Recipro-CAM -> {instrumented}")
+    xai_graph.save_model(xai_graph.insert(model, "classwisesaliencymap", top_k=5), instrumented)
+    click.echo(f"instrumented {model.name} with Recipro-CAM (maps for each image's 5 best classes) -> {instrumented}")
     with Explainer(instrumented, runtime=runtime) as explainer:
         writer = ResultWriter(outdir, overwrite=True)
         summary = explain_files(explainer, find_images([str(samples / "images")]), writer)

@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"])
     parser.add_argument("--algo", default="classwisesaliencymap", choices=xai_graph.algorithms())
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=5, help="class-wise heads: maps for the k best classes (0: all)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +91,9 @@ def main() -> None:
         (tmp / "images").mkdir()
         paths = make_images(tmp / "images", args.images)
         instrumented = tmp / "instrumented.onnx"
-        xai_graph.save_model(xai_graph.insert(MODEL, args.algo), instrumented)
+        class_wise = args.algo == "classwisesaliencymap"
+        top_k = args.top_k if class_wise and args.top_k else None
+        xai_graph.save_model(xai_graph.insert(MODEL, args.algo, top_k=top_k), instrumented)
         with Explainer(instrumented, runtime=args.runtime) as explainer:
             original = open_model(MODEL, args.runtime)
             bare_runs, explain_runs = [], []
@@ -98,7 +101,8 @@ def main() -> None:
                 bare_runs.append(bare(explainer, original, paths, args.batch_size))
                 explain_runs.append(explain(explainer, paths, args.batch_size, tmp / "out"))
         b, e = max(bare_runs), max(explain_runs)
-        print(f"EfficientNet-Lite0 224x224, {args.images} images, {args.runtime}, {args.algo}, "
+        print(f"EfficientNet-Lite0 224x224, {args.images} images, {args.runtime}, {args.algo}"
+              f"{f' top-{top_k}' if top_k else ''}, "
               f"batch {args.batch_size}, {os.cpu_count()} CPUs, best of {args.repeat}")
         print(f"bare inference (decode+preprocess+model): {b:7.1f} images/s")
         print(f"explain (+ head, render, write):          {e:7.1f} images/s")

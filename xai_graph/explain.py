@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import weakref
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ import onnx_ir as ir
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.io import load_model, save_model
-from xai_graph.head import SALIENCY_MAP, insert
+from xai_graph.graph.targets import find_scores
+from xai_graph.head import SALIENCY_CLASSES, SALIENCY_MAP, insert
+from xai_graph.methods import method_for
 from xai_graph.preprocess import Placement, Preprocessing, read_model_info
 from xai_graph.runtime import RUNTIMES, open_model
 
@@ -38,16 +41,28 @@ class ClassScore:
 class Explanation:
     top: list[ClassScore]  # the top-k classes, best first
     selected: list[ClassScore]  # the classes whose maps are rendered (all, for class-agnostic maps: empty)
-    saliency: np.ndarray  # [K, h, w] or [h, w]; uint8, or float32 from a --raw head
+    saliency: np.ndarray  # [K, h, w] or [h, w]; uint8, or float32 from a --raw head; [k, h, w] for top-k heads
     placement: Placement
     image_shape: tuple[int, ...]
+    map_classes: list[int] | None = None  # top-k heads: the class of each row of `saliency`
 
     @property
     def class_wise(self) -> bool:
         return self.saliency.ndim == 3
 
     def map_for(self, class_id: int | None) -> np.ndarray:
-        return self.saliency[class_id] if self.class_wise else self.saliency
+        if not self.class_wise:
+            return self.saliency
+        row = self.map_classes.index(class_id) if self.map_classes is not None else class_id
+        return self.saliency[row]
+
+
+class ModelOutput(NamedTuple):
+    """One image's share of a model run."""
+
+    scores: np.ndarray
+    saliency: np.ndarray
+    map_classes: np.ndarray | None  # top-k heads only
 
 
 class Explainer:
@@ -63,7 +78,9 @@ class Explainer:
         if runtime not in RUNTIMES:
             raise XaiGraphError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.source = Path(model)
-        graph_model, self.model_path, self.instrumented_here = self._instrumented(self.source, algo, raw)
+        # Rendering only the predicted classes needs maps for the best few only: a top-k head is cheaper.
+        head_top_k = max(5, top_k) if classes == "predicted" else None
+        graph_model, self.model_path, self.instrumented_here = self._instrumented(self.source, algo, raw, head_top_k)
         self.metadata = dict(graph_model.metadata_props)
         self.info = read_model_info(self.metadata)
         self.algo = self.metadata.get("xai_graph.algorithm", algo or "?")
@@ -80,7 +97,8 @@ class Explainer:
             self.parse_classes(classes, known_dim(scores.shape[-1]) or 2**31)
 
     # -- set-up ----------------------------------------------------------------
-    def _instrumented(self, source: Path, algo: str | None, raw: bool) -> tuple[ir.Model, Path, bool]:
+    def _instrumented(self, source: Path, algo: str | None, raw: bool,
+                      top_k: int | None) -> tuple[ir.Model, Path, bool]:
         """The model with a head: the source itself, or a copy instrumented in a temporary folder."""
         model = load_model(source)
         if SALIENCY_MAP in [o.name for o in model.graph.outputs]:
@@ -88,7 +106,12 @@ class Explainer:
                 raise XaiGraphError(f"{source} already has a saliency_map head of another algorithm; "
                                     "re-insert it with `xai-graph insert --replace`")
             return model, source, False
-        model = insert(model, algo or "classwisesaliencymap", raw=raw)
+        algo = algo or "classwisesaliencymap"
+        class_wise = method_for(algo, "classification").class_wise
+        num_classes = known_dim(find_scores(model.graph).shape[-1])
+        if not class_wise or (num_classes is not None and top_k is not None and top_k >= num_classes):
+            top_k = None
+        model = insert(model, algo, raw=raw, top_k=top_k)
         folder = Path(tempfile.mkdtemp(prefix="xai-graph-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
         return model, save_model(model, folder / "instrumented.onnx"), True
@@ -127,8 +150,8 @@ class Explainer:
     def label(self, class_id: int) -> str:
         return self.info.labels[class_id] if class_id < len(self.info.labels) else str(class_id)
 
-    def run(self, tensors: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(scores, saliency map) per image, in batches the model accepts."""
+    def run(self, tensors: list[np.ndarray]) -> list[ModelOutput]:
+        """Scores and saliency map per image, in batches the model accepts."""
         step = self.max_batch or len(tensors)
         results = []
         for start in range(0, len(tensors), step):
@@ -137,23 +160,30 @@ class Explainer:
             if self.max_batch and len(chunk) < self.max_batch:  # a static batch: pad, then drop the padding
                 batch = np.concatenate([batch, np.repeat(batch[-1:], self.max_batch - len(chunk), axis=0)])
             outputs = self.session({self.input_name: batch})
-            results += list(zip(outputs[self.scores_name][:len(chunk)], outputs[SALIENCY_MAP][:len(chunk)]))
+            classes = outputs.get(SALIENCY_CLASSES, [None] * len(chunk))
+            results += [ModelOutput(*parts) for parts in zip(outputs[self.scores_name][:len(chunk)],
+                                                             outputs[SALIENCY_MAP][:len(chunk)], classes)]
         return results
 
     def explain(self, images: list[np.ndarray]) -> list[Explanation]:
         prepared = [self.preprocessing(image) for image in images]
         outputs = self.run([tensor for tensor, _ in prepared])
-        return [self.describe(scores, saliency, placement, image.shape)
-                for (scores, saliency), (_, placement), image in zip(outputs, prepared, images)]
+        return [self.describe(output, placement, image.shape)
+                for output, (_, placement), image in zip(outputs, prepared, images)]
 
-    def describe(self, scores: np.ndarray, saliency: np.ndarray, placement: Placement,
-                 image_shape: tuple[int, ...]) -> Explanation:
-        probabilities = self.probabilities(scores)
+    def describe(self, output: ModelOutput, placement: Placement, image_shape: tuple[int, ...]) -> Explanation:
+        probabilities = self.probabilities(output.scores)
         order = np.argsort(-probabilities, kind="stable")
         as_class = lambda i: ClassScore(int(i), self.label(int(i)), float(probabilities[i]))  # noqa: E731
         top = [as_class(i) for i in order[:self.top_k]]
-        selected = [as_class(i) for i in self.select_classes(probabilities, order)] if saliency.ndim == 3 else []
-        return Explanation(top, selected, saliency, placement, tuple(image_shape))
+        selected = []
+        map_classes = None if output.map_classes is None else [int(c) for c in output.map_classes]
+        if output.saliency.ndim == 3:
+            chosen = self.select_classes(probabilities, order)
+            if map_classes is not None:  # a top-k head has maps for its k classes only
+                chosen = map_classes if self.class_selection == "all" else [c for c in chosen if c in map_classes]
+            selected = [as_class(i) for i in chosen]
+        return Explanation(top, selected, output.saliency, placement, tuple(image_shape), map_classes)
 
     @property
     def multilabel(self) -> bool:

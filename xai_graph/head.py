@@ -21,8 +21,9 @@ from xai_graph.graph.targets import find_target
 from xai_graph.methods import MethodOptions, method_for
 
 SALIENCY_MAP = "saliency_map"
+SALIENCY_CLASSES = "saliency_classes"
 FEATURE_VECTOR = "feature_vector"
-HEAD_OUTPUTS = (SALIENCY_MAP, FEATURE_VECTOR)
+HEAD_OUTPUTS = (SALIENCY_MAP, SALIENCY_CLASSES, FEATURE_VECTOR)
 _EPSILON = 1e-12
 
 
@@ -37,6 +38,8 @@ def insert(
     feature_vector: bool = False,
     replace: bool = False,
     metadata: dict[str, str] | None = None,
+    top_k: int | None = None,
+    brute_force: bool = False,
 ) -> ir.Model:
     """Return a copy of `model` with a `saliency_map` output (and `feature_vector` on request).
 
@@ -44,6 +47,10 @@ def insert(
     [B, K, h, w] for class-wise methods and [B, h, w] otherwise, scaled per image
     and per class to 0..255, or the raw float32 map with `raw=True`. `metadata`
     entries (labels, preprocessing) are added to the model's metadata.
+
+    `top_k` (class-wise methods): maps only for each image's k best classes, plus
+    an int64 output `saliency_classes [B, k]` naming them. `brute_force`
+    (Recipro-CAM): clone the whole tail even where the fused form applies.
     """
     model = to_ir(model)
     graph = model.graph
@@ -51,17 +58,20 @@ def insert(
         if not replace:
             raise XaiGraphError("the model already has a saliency_map output; pass --replace to rebuild it")
         remove_head(model)
-    method = method_for(algo, "classification")(MethodOptions(mask=mask, score=score))
+    method = method_for(algo, "classification")(MethodOptions(mask=mask, score=score, top_k=top_k,
+                                                              brute_force=brute_force))
     target = find_target(model, target_layer)
     method.check(target)
 
     builder = GraphBuilder(graph, opset=model.opset_imports.get("", 1))
-    saliency = method.build(builder, target)
-    if not raw:
-        saliency = scale_to_uint8(builder, saliency, class_wise=method.class_wise)
+    built = method.build(builder, target)
+    saliency = built.map if raw else scale_to_uint8(builder, built.map, class_wise=method.class_wise)
     batch, height, width = _dims(target.value, [0, 2, 3])
-    map_dims = [batch, target.num_classes, height, width] if method.class_wise else [batch, height, width]
+    rows = top_k or target.num_classes
+    map_dims = [batch, rows, height, width] if method.class_wise else [batch, height, width]
     _add_output(graph, saliency, SALIENCY_MAP, ir.DataType.FLOAT if raw else ir.DataType.UINT8, map_dims)
+    if built.classes is not None:
+        _add_output(graph, built.classes, SALIENCY_CLASSES, ir.DataType.INT64, [batch, top_k])
     if feature_vector:
         _add_output(graph, builder.reduce("ReduceMean", target.value, [2, 3], keepdims=False), FEATURE_VECTOR,
                     ir.DataType.FLOAT, _dims(target.value, [0, 1]))
@@ -70,12 +80,13 @@ def insert(
     model.metadata_props.update({
         "xai_graph.version": __version__,
         "xai_graph.algorithm": algo,
-        "xai_graph.method": method.title,
+        "xai_graph.method": method.title + (f" ({built.form})" if built.form else ""),
         "xai_graph.target": target.value.name,
         "xai_graph.scores": target.scores.name,
         "xai_graph.scores_activation": target.final_activation or "none",
-        "xai_graph.options": json.dumps({"mask": mask, "score": score, "raw": raw,
-                                         "feature_vector": feature_vector}, sort_keys=True),
+        "xai_graph.options": json.dumps({"mask": mask, "score": score, "raw": raw, "top_k": top_k,
+                                         "brute_force": brute_force, "feature_vector": feature_vector},
+                                        sort_keys=True),
     })
     _check(model)
     return model

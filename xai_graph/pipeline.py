@@ -73,8 +73,8 @@ def explain_files(explainer: Explainer, paths: list[Path], writer: ResultWriter,
 
         def flush():
             outputs = explainer.run([item[2] for item in batch])
-            for (path, image, _, placement, _), (scores, saliency) in zip(batch, outputs):
-                explanation = explainer.describe(scores, saliency, placement, image.shape)
+            for (path, image, _, placement, _), output in zip(batch, outputs):
+                explanation = explainer.describe(output, placement, image.shape)
                 renders.append(pool.submit(render, path, image, explanation))
             batch.clear()
             while len(renders) > 2 * batch_size:  # bound the images held for rendering

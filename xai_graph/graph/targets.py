@@ -73,7 +73,7 @@ def strip_score_activation(scores: ir.Value) -> tuple[ir.Value, str | None]:
     return value, activation
 
 
-def _is_global_pool(node: ir.Node) -> bool:
+def is_global_pool(node: ir.Node) -> bool:
     x = node.inputs[0] if node.inputs else None
     if x is None or spatial_size(x) is None:
         return False
@@ -110,7 +110,7 @@ def find_target(model: ir.Model, target_layer: str | None = None) -> Target:
         return not index.foreign_inputs(value, index.path_nodes(value, logits))
 
     pools = [Pool(node, node.inputs[0], False) for node in index.nodes
-             if node in ancestors and _is_global_pool(node)]
+             if node in ancestors and is_global_pool(node)]
     for pool in pools:
         pool.feeds_scores = is_sole_source(pool.node.outputs[0])
 

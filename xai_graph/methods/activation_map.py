@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import onnx_ir as ir
-
 from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.targets import Target
-from xai_graph.methods.base import SaliencyMethod, register_method
+from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
 
 
 @register_method
@@ -16,5 +14,5 @@ class ActivationMap(SaliencyMethod):
     title = "ActivationMap"
     class_wise = False
 
-    def build(self, builder: GraphBuilder, target: Target) -> ir.Value:
-        return builder.reduce("ReduceMean", target.value, [1], keepdims=False)
+    def build(self, builder: GraphBuilder, target: Target) -> Saliency:
+        return Saliency(builder.reduce("ReduceMean", target.value, [1], keepdims=False))

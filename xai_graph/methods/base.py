@@ -20,6 +20,17 @@ from xai_graph.graph.targets import Target
 class MethodOptions:
     mask: str = "gaussian"  # Recipro-CAM: "gaussian" or "onehot"
     score: str = "logits"  # Recipro-CAM: "logits", "softmax" or "sigmoid"
+    top_k: int | None = None  # class-wise methods: maps only for each image's k best classes
+    brute_force: bool = False  # Recipro-CAM: clone the whole tail even where the fused form applies
+
+
+@dataclass
+class Saliency:
+    """What a method builds: the raw float map, and for top-k heads the classes of its rows ([B, k] int64)."""
+
+    map: ir.Value
+    classes: ir.Value | None = None
+    form: str = ""  # how it was computed, recorded in the metadata (e.g. "fused", "cloned tail")
 
 
 class SaliencyMethod:
@@ -35,8 +46,10 @@ class SaliencyMethod:
 
     def check(self, target: Target) -> None:
         """Raise XaiGraphError where this method cannot explain `target`."""
+        if self.options.top_k is not None and not self.class_wise:
+            raise XaiGraphError(f"{self.algo} maps are class-agnostic: top-k classes do not apply")
 
-    def build(self, builder: GraphBuilder, target: Target) -> ir.Value:
+    def build(self, builder: GraphBuilder, target: Target) -> Saliency:
         raise NotImplementedError
 
 

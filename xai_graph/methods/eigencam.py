@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from xai_graph.graph.builder import GraphBuilder, static_dim
 from xai_graph.graph.targets import Target
-from xai_graph.methods.base import SaliencyMethod, register_method
+from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
 
 SQUARINGS = 10  # G^(2^10): error ~ (l2/l1)^1024, below float32 noise unless l2 ~ l1
 _TINY = 1e-30
@@ -29,7 +29,7 @@ class EigenCAM(SaliencyMethod):
     title = "EigenCAM"
     class_wise = False
 
-    def build(self, b: GraphBuilder, target: Target) -> ir.Value:
+    def build(self, b: GraphBuilder, target: Target) -> Saliency:
         f = target.value
         channels, h, w = static_dim(f, 1), static_dim(f, 2), static_dim(f, 3)
         positions = h * w if h is not None and w is not None else None
@@ -49,7 +49,7 @@ class EigenCAM(SaliencyMethod):
         vector = b.op("Div", vector, b.op("Add", norm, b.scalar(_TINY)))
         s = b.op("MatMul", x, vector)  # [B, hw, 1]
         s = b.op("Mul", s, _sign_like_activation_map(b, f, s))
-        return b.reshape(s, -1, b.dim(f, 2), b.dim(f, 3))
+        return Saliency(b.reshape(s, -1, b.dim(f, 2), b.dim(f, 3)))
 
 
 def _normalised(b: GraphBuilder, m: ir.Value) -> ir.Value:

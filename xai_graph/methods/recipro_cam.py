@@ -1,13 +1,22 @@
-"""Recipro-CAM (Byun & Lee, arXiv 2209.14074) by cloning the tail.
+"""Recipro-CAM (Byun & Lee, arXiv 2209.14074) for CNN classifiers.
 
-For each position p of the h x w map, F is masked to keep p only (one-hot) or
-a 3x3 Gaussian neighbourhood of p, clipped at the borders; the network's tail
-runs on all hw masked maps as one batch of B*hw, and S[k, p] is class k's score
-for the map masked at p.
+For each position p of the h x w map, F is masked to keep p only (one-hot) or a
+3x3 Gaussian neighbourhood of p, clipped at the borders; the network's tail
+(target -> class scores) runs on the hw masked maps, and S[k, p] is class k's
+score for the map masked at p.
 
-The masks are generated in the graph (EyeLike, then a 3x3 convolution for the
-Gaussian form) rather than stored: a stored [hw, 1, h, w] mask would grow the
-model by (hw)^2 floats and fix the map size.
+Two forms, equal up to float rounding:
+- fused (where the tail starts by averaging F: GlobalAveragePool, ReduceMean over
+  the map, or an AveragePool covering it): the average of F masked at p is F[:, p]
+  (one-hot) or a depthwise 3x3 convolution of F at p (Gaussian), divided by hw; the
+  rest of the tail then runs on these B*hw vectors, never on masked maps.
+- cloned tail (any other tail, or on request): the masked maps are built and the
+  whole tail is cloned to run on them at batch B*hw.
+Masks are generated in the graph (EyeLike, then a 3x3 convolution), never stored.
+
+Top-k: with `top_k`, maps are computed only for each image's k best classes (TopK
+on the model's own logits); where the tail ends with a linear layer, only those k
+rows of its weight are used (Gather), which keeps 1000-class heads cheap.
 """
 
 from __future__ import annotations
@@ -16,14 +25,16 @@ import numpy as np
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
+from xai_graph.graph.analysis import GraphIndex, constant_array
 from xai_graph.graph.builder import GraphBuilder, static_dim
 from xai_graph.graph.tail import clone_tail
-from xai_graph.graph.targets import Target
-from xai_graph.methods.base import SaliencyMethod, register_method
+from xai_graph.graph.targets import Target, is_global_pool
+from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
 
 GAUSSIAN_KERNEL = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float32) / 16
 MASKS = ("gaussian", "onehot")
 SCORES = ("logits", "softmax", "sigmoid")
+_AVERAGING_POOLS = ("GlobalAveragePool", "ReduceMean", "AveragePool")
 
 
 @register_method
@@ -34,31 +45,81 @@ class ReciproCAM(SaliencyMethod):
     class_wise = True
 
     def check(self, target: Target) -> None:
+        super().check(target)
         if self.options.mask not in MASKS:
             raise XaiGraphError(f"unknown mask {self.options.mask!r}; choose one of {', '.join(MASKS)}")
         if self.options.score not in SCORES:
             raise XaiGraphError(f"unknown score {self.options.score!r}; choose one of {', '.join(SCORES)}")
+        k = self.options.top_k
+        if k is not None:
+            if self.options.score == "softmax":
+                raise XaiGraphError("top-k maps need every class for a softmax score; use --score logits or sigmoid")
+            if k < 1 or (target.num_classes is not None and k > target.num_classes):
+                raise XaiGraphError(f"top-k must be between 1 and the number of classes ({target.num_classes})")
 
-    def build(self, b: GraphBuilder, target: Target) -> ir.Value:
+    def build(self, b: GraphBuilder, target: Target) -> Saliency:
+        index = GraphIndex(b.graph)
         f = target.value
-        channels, h, w = b.dim(f, 1), b.dim(f, 2), b.dim(f, 3)
-        positions = b.op("Mul", h, w)
+        h, w = b.dim(f, 2), b.dim(f, 3)
         static_h, static_w = static_dim(f, 2), static_dim(f, 3)
-        static_positions = static_h * static_w if static_h and static_w else None
-        masks = self.position_masks(b, static_positions or positions, h, w)  # [hw, 1, h, w]
-        masked = b.op("Mul", b.unsqueeze(f, [1]), b.unsqueeze(masks, [0]))  # [B, hw, C, h, w]
-        batch = b.reshape(masked, -1, channels, h, w)  # [B*hw, C, h, w]
-        scores = clone_tail(b, target.tail, f, batch, target.logits)  # [B*hw, K]
-        scores = self.score(b, scores)
-        per_image = b.op("Transpose", b.reshape(scores, -1, positions, b.dim(target.logits, 1)), perm=[0, 2, 1])
-        return b.reshape(per_image, 0, 0, h, w)  # [B, K, h, w]
+        positions = static_h * static_w if static_h and static_w else b.op("Mul", h, w)
+        positions_value = b.ints([positions]) if isinstance(positions, int) else positions
 
-    def position_masks(self, b: GraphBuilder, positions, h, w) -> ir.Value:
+        classes = None
+        if self.options.top_k is not None:
+            k = b.ints([self.options.top_k])
+            _, classes = b.op_multi("TopK", target.logits, k, num_outputs=2, axis=-1, largest=1, sorted=1)
+        final = _final_linear(b, target, index) if classes is not None else None
+        end = final.input if final is not None else target.logits
+
+        pool = None if self.options.brute_force else _averaging_pool(target)
+        if pool is not None:
+            start, batch = pool.outputs[0], self._pooled_vectors(b, f, pool, positions)
+            form = "fused"
+        else:
+            start, batch = f, self._masked_maps(b, f, positions, h, w)
+            form = "cloned tail"
+        between = index.descendants(start) & index.ancestors(end)
+        nodes = [n for n in target.tail if n in between]
+        outputs = batch if end is start else clone_tail(b, nodes, start, batch, end)  # [B*hw, K or D]
+
+        if final is not None:  # only the k selected rows of the last linear layer
+            hidden = b.reshape(outputs, -1, positions_value, b.dim(final.input, -1))  # [B, hw, D]
+            weights = b.op("Gather", final.weight, classes, axis=0)  # [B, k, D]
+            scores = b.op("MatMul", hidden, b.op("Transpose", weights, perm=[0, 2, 1]))  # [B, hw, k]
+            if final.bias is not None:
+                scores = b.op("Add", scores, b.unsqueeze(b.op("Gather", final.bias, classes, axis=0), [1]))
+            scores = self.score(b, scores)
+        else:
+            scores = self.score(b, outputs)
+            scores = b.reshape(scores, -1, positions_value, b.dim(target.logits, 1))  # [B, hw, K]
+            if classes is not None:  # a tail without a final linear layer: all maps, then the k selected
+                shape = b.shape_from(b.dim(scores, 0), positions_value, self.options.top_k)
+                picked = b.op("Expand", b.unsqueeze(classes, [1]), shape)
+                scores = b.op("GatherElements", scores, picked, axis=2)  # [B, hw, k]
+        per_image = b.op("Transpose", scores, perm=[0, 2, 1])
+        return Saliency(b.reshape(per_image, 0, 0, h, w), classes, form)  # [B, K or k, h, w]
+
+    def _masked_maps(self, b: GraphBuilder, f: ir.Value, positions, h, w) -> ir.Value:
+        """F masked at every position, as one batch [B*hw, C, h, w]."""
         one_hot = b.reshape(b.eye(positions), -1, 1, h, w)
-        if self.options.mask == "onehot":
-            return one_hot
-        kernel = b.const(GAUSSIAN_KERNEL.reshape(1, 1, 3, 3))
-        return b.op("Conv", one_hot, kernel, pads=[1, 1, 1, 1])
+        masks = one_hot if self.options.mask == "onehot" else \
+            b.op("Conv", one_hot, b.const(GAUSSIAN_KERNEL.reshape(1, 1, 3, 3)), pads=[1, 1, 1, 1])
+        masked = b.op("Mul", b.unsqueeze(f, [1]), b.unsqueeze(masks, [0]))  # [B, hw, C, h, w]
+        return b.reshape(masked, -1, b.dim(f, 1), h, w)
+
+    def _pooled_vectors(self, b: GraphBuilder, f: ir.Value, pool: ir.Node, positions) -> ir.Value:
+        """What the pool outputs for F masked at every position: [B*hw, C] in the pool's own layout."""
+        channels = static_dim(f, 1)
+        x = f
+        if self.options.mask == "gaussian":  # sum of F over the Gaussian neighbourhood of each position
+            kernel = b.const(np.tile(GAUSSIAN_KERNEL, (channels, 1, 1, 1)))
+            x = b.op("Conv", f, kernel, pads=[1, 1, 1, 1], group=channels)
+        count = b.scalar(float(positions)) if isinstance(positions, int) else b.op("Cast", positions, to=ir.DataType.FLOAT)
+        x = b.op("Div", x, count)  # the pool divides by all hw positions, masked or not
+        vectors = b.op("Transpose", b.reshape(x, 0, 0, -1), perm=[0, 2, 1])  # [B, hw, C]
+        keeps_dims = pool.op_type != "ReduceMean" or _keepdims(pool)
+        return b.reshape(vectors, -1, channels, 1, 1) if keeps_dims else b.reshape(vectors, -1, channels)
 
     def score(self, b: GraphBuilder, logits: ir.Value) -> ir.Value:
         if self.options.score == "softmax":
@@ -66,3 +127,55 @@ class ReciproCAM(SaliencyMethod):
         if self.options.score == "sigmoid":
             return b.op("Sigmoid", logits)
         return logits
+
+
+def _keepdims(node: ir.Node) -> bool:
+    return node.attributes["keepdims"].as_int() != 0 if "keepdims" in node.attributes else True
+
+
+def _averaging_pool(target: Target) -> ir.Node | None:
+    """The pool that starts the tail, where averaging makes the fused form exact; else None."""
+    readers = [n for n in target.tail if target.value in n.inputs]
+    if len(readers) != 1:
+        return None
+    pool = readers[0]
+    if pool.op_type not in _AVERAGING_POOLS or not is_global_pool(pool) or static_dim(target.value, 1) is None:
+        return None
+    return pool
+
+
+class _Linear:
+    """logits = input @ weight^T + bias, with weight [K, D] and bias [K] (or None)."""
+
+    def __init__(self, input: ir.Value, weight: ir.Value, bias: ir.Value | None):
+        self.input, self.weight, self.bias = input, weight, bias
+
+
+def _final_linear(b: GraphBuilder, target: Target, index: GraphIndex) -> _Linear | None:
+    """The tail's last layer where it is linear with constant weights (Gemm, or MatMul [+ Add]); else None."""
+    node = target.logits.producer()
+    if node is None or node not in target.tail:
+        return None
+
+    def constant(v: ir.Value | None, ndim: int) -> bool:
+        array = constant_array(v) if v is not None and v not in index.data_dependent else None
+        return array is not None and array.ndim == ndim
+
+    if node.op_type == "Gemm":
+        attrs = {k: a.value for k, a in node.attributes.items()}
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0
+                or not constant(node.inputs[1], 2) or (bias is not None and not constant(bias, 1))):
+            return None
+        weight = node.inputs[1] if attrs.get("transB", 0) else b.op("Transpose", node.inputs[1], perm=[1, 0])
+        return _Linear(node.inputs[0], weight, bias)
+    bias = None
+    if node.op_type == "Add":
+        products = [v for v in node.inputs if v.producer() is not None and v.producer().op_type == "MatMul"]
+        others = [v for v in node.inputs if v not in products]
+        if len(products) != 1 or len(others) != 1 or not constant(others[0], 1):
+            return None
+        bias, node = others[0], products[0].producer()
+    if node.op_type == "MatMul" and constant(node.inputs[1], 2):
+        return _Linear(node.inputs[0], b.op("Transpose", node.inputs[1], perm=[1, 0]), bias)
+    return None
