@@ -12,6 +12,7 @@ import click
 import xai_graph
 from xai_graph.errors import XaiGraphError
 from xai_graph.methods.recipro_cam import MASKS, SCORES
+from xai_graph.bench import benchmark, format_table
 from xai_graph.explain import Explainer
 from xai_graph.gallery import ResultWriter
 from xai_graph.graph.analysis import shape_text
@@ -188,6 +189,34 @@ def explain(model, inputs, outdir, runtime, device, algo, classes, top_k, overla
     if summary.failed:
         click.echo(f"{summary.failed} failed: see {summary.predictions}", err=True)
         sys.exit(3)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--algo", "algos", multiple=True, type=click.Choice(xai_graph.algorithms()),
+              help="Algorithms to measure (repeatable) [default: all].")
+@click.option("--runtime", type=click.Choice([*RUNTIMES, "both"]), default="both", show_default=True)
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--threads", type=int, help="Inference threads (default: the runtime's own choice).")
+@click.option("--rounds", default=30, show_default=True, help="Interleaved rounds: one call per variant each.")
+@click.option("--size", help="Input size WxH, for models whose input size is dynamic.")
+@click.option("--classes", "class_maps", default="all", show_default=True, metavar="all|topk:N",
+              help="Recipro-CAM maps for all classes or each image's N best.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+def bench(model, algos, runtime, batches, threads, rounds, size, class_maps, as_json):
+    """Latency of MODEL with and without saliency heads, side by side in one process.
+
+    Reports median and p90 latency, throughput, the instrumented/original ratio, memory added,
+    model-size growth and insertion time; Recipro-CAM's cloned-tail (brute-force) form is measured
+    beside the fused one."""
+    try:
+        batch_sizes = [int(b) for b in batches.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{batches!r}: expected comma-separated integers", param_hint="--batch") from None
+    runtimes = list(RUNTIMES) if runtime == "both" else [runtime]
+    rows = benchmark(model, list(algos) or xai_graph.algorithms(), runtimes, batch_sizes, size=_size(size),
+                     threads=threads, rounds=rounds, top_k=_top_k(class_maps))
+    click.echo(json.dumps([r.to_dict() for r in rows], indent=2) if as_json else format_table(rows))
 
 
 @main.command()

@@ -68,12 +68,63 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference on the graph only: external weights are not needed to infer shapes."""
+    """Shape inference on the graph only: external weights are not needed to infer shapes.
+
+    ONNX's data propagation stops at small constant computations that exporters
+    emit for padding and reshaping (ConstantOfShape -> Concat -> Reshape -> Slice ->
+    Pad, as in TF-"same" padding), leaving every later map without a size. Those
+    computations are folded in a scratch copy first; the inferred shapes are then
+    copied onto the original graph, which is left as it was.
+    """
     try:
-        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+        folded = _fold_small_constants(proto)
+        inferred = onnx.shape_inference.infer_shapes(folded, strict_mode=False, data_prop=True)
     except Exception:
-        # Partial shapes are still usable; steps that need a missing shape say so.
-        return proto
+        return proto  # partial shapes are still usable; steps that need a missing shape say so
+    names = {v for node in proto.graph.node for v in node.output} | {i.name for i in proto.graph.input}
+    result = onnx.ModelProto()
+    result.CopyFrom(proto)
+    del result.graph.value_info[:]
+    result.graph.value_info.extend(v for v in inferred.graph.value_info if v.name in names)
+    return result
+
+
+_FOLD_LIMIT = 4096  # elements: shape and padding arithmetic, never weights
+
+
+def _fold_small_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
+    from onnx.reference import ReferenceEvaluator
+
+    known: dict[str, object] = {}
+    for tensor in proto.graph.initializer:
+        if not onnx.external_data_helper.uses_external_data(tensor) and _elements(tensor.dims) <= _FOLD_LIMIT:
+            known[tensor.name] = onnx.numpy_helper.to_array(tensor)
+    scratch = onnx.ModelProto()
+    scratch.CopyFrom(proto)
+    kept = []
+    for node in scratch.graph.node:
+        inputs = [name for name in node.input if name]
+        if node.domain in ("", "ai.onnx") and all(name in known for name in inputs) and \
+                not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            try:
+                values = ReferenceEvaluator(node).run(None, {name: known[name] for name in inputs})
+            except Exception:
+                values = None
+            if values is not None and all(getattr(v, "size", _FOLD_LIMIT + 1) <= _FOLD_LIMIT for v in values):
+                known.update(zip(node.output, values))
+                scratch.graph.initializer.extend(onnx.numpy_helper.from_array(v, n) for n, v in zip(node.output, values))
+                continue
+        kept.append(node)
+    del scratch.graph.node[:]
+    scratch.graph.node.extend(kept)
+    return scratch
+
+
+def _elements(dims) -> int:
+    count = 1
+    for d in dims:
+        count *= d
+    return count
 
 
 def to_ir(model: ir.Model | onnx.ModelProto | str | os.PathLike) -> ir.Model:

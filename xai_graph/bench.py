@@ -1,0 +1,149 @@
+"""`xai-graph bench`: what a saliency head costs, measured beside the original model.
+
+All variants (the original, each algorithm, and Recipro-CAM's cloned-tail form
+beside its fused form) are loaded in one process and run interleaved, one call
+each per round in a rotating order, so that machine noise hits them alike; the
+ratios compare medians from the same rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xai_graph.errors import XaiGraphError
+from xai_graph.graph.analysis import known_dim
+from xai_graph.graph.io import load_model, save_model
+from xai_graph.head import insert
+from xai_graph.runtime import open_model
+
+
+@dataclass
+class Variant:
+    name: str
+    path: Path
+    insert_seconds: float | None = None
+    size_growth_bytes: int = 0
+
+
+@dataclass
+class Measurement:
+    runtime: str
+    batch: int
+    variant: str
+    median_ms: float
+    p90_ms: float
+    images_per_second: float
+    ratio: float  # median latency / the original's median latency, same rounds
+    memory_mb: float  # resident memory added by loading the variant and running it once
+    size_growth_bytes: int
+    insert_seconds: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _file_size(path: Path) -> int:
+    data = Path(str(path) + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def prepare_variants(model: Path, algos: list[str], folder: Path, top_k: int | None = None,
+                     brute_force_too: bool = True) -> list[Variant]:
+    """The original model and one instrumented copy per algorithm (and form), with insertion time and growth."""
+    original = Variant("original", model)
+    variants = [original]
+    base_size = _file_size(model)
+    for algo in algos:
+        forms = [False, True] if algo == "classwisesaliencymap" and brute_force_too else [False]
+        for brute_force in forms:
+            start = time.perf_counter()
+            source = load_model(model)
+            result = insert(source, algo, top_k=top_k if algo == "classwisesaliencymap" else None,
+                            brute_force=brute_force)
+            path = save_model(result, folder / f"{algo}{'_cloned' if brute_force else ''}.onnx")
+            seconds = time.perf_counter() - start
+            form = result.metadata_props["xai_graph.method"].partition("(")[2].rstrip(")")
+            name = f"{algo} ({form})" if form else algo
+            if brute_force and "cloned" in variants[-1].name:
+                continue  # the fused form did not apply: the cloned tail is already measured
+            variants.append(Variant(name, path, seconds, _file_size(path) - base_size))
+    return variants
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def input_shape(model: Path, batch: int, size: tuple[int, int] | None) -> tuple[str, tuple[int, ...]]:
+    graph_input = next(v for v in load_model(model).graph.inputs if not v.is_initializer())
+    dims = [known_dim(d) if isinstance(known_dim(d), int) else None for d in graph_input.shape]
+    if len(dims) == 4 and size:
+        if dims[1] in (1, 3):
+            dims[2], dims[3] = size[1], size[0]
+        else:
+            dims[1], dims[2] = size[1], size[0]
+    dims[0] = batch
+    if any(d is None for d in dims):
+        raise XaiGraphError(f"input '{graph_input.name}' has dynamic dims {dims}; pass --size WxH")
+    return graph_input.name, tuple(dims)
+
+
+def measure(variants: list[Variant], runtime: str, batch: int, size: tuple[int, int] | None = None,
+            threads: int | None = None, rounds: int = 30, warmup: int = 3) -> list[Measurement]:
+    name, shape = input_shape(variants[0].path, batch, size)
+    feeds = {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    sessions, memory = [], []
+    for variant in variants:
+        before = _rss_mb()
+        session = open_model(variant.path, runtime, **({"threads": threads} if threads else {}))
+        for _ in range(warmup):
+            session(feeds)
+        memory.append(_rss_mb() - before)
+        sessions.append(session)
+    times: list[list[float]] = [[] for _ in variants]
+    for r in range(rounds):
+        for i in [(r + j) % len(variants) for j in range(len(variants))]:  # rotate the order every round
+            start = time.perf_counter()
+            sessions[i](feeds)
+            times[i].append(time.perf_counter() - start)
+    base = statistics.median(times[0])
+    rows = []
+    for variant, samples, mb in zip(variants, times, memory):
+        median = statistics.median(samples)
+        p90 = sorted(samples)[min(len(samples) - 1, int(0.9 * len(samples)))]
+        rows.append(Measurement(runtime, batch, variant.name, median * 1e3, p90 * 1e3, batch / median, median / base,
+                                mb, variant.size_growth_bytes, variant.insert_seconds))
+    return rows
+
+
+def benchmark(model: str | os.PathLike, algos: list[str], runtimes: list[str], batches: list[int],
+              size: tuple[int, int] | None = None, threads: int | None = None, rounds: int = 30,
+              top_k: int | None = None) -> list[Measurement]:
+    with tempfile.TemporaryDirectory(prefix="xai-graph-bench-") as folder:
+        variants = prepare_variants(Path(model), algos, Path(folder), top_k=top_k)
+        return [row for runtime in runtimes for batch in batches
+                for row in measure(variants, runtime, batch, size, threads, rounds)]
+
+
+def format_table(rows: list[Measurement]) -> str:
+    lines = [f"{'runtime':<12}{'batch':>6}  {'variant':<36}{'median ms':>10}{'p90 ms':>9}{'img/s':>9}"
+             f"{'ratio':>8}{'mem MB':>8}{'growth KB':>10}{'insert s':>9}"]
+    for r in rows:
+        insert_s = f"{r.insert_seconds:.2f}" if r.insert_seconds is not None else "-"
+        lines.append(f"{r.runtime:<12}{r.batch:>6}  {r.variant:<36}{r.median_ms:>10.2f}{r.p90_ms:>9.2f}"
+                     f"{r.images_per_second:>9.1f}{r.ratio:>8.3f}{r.memory_mb:>8.1f}"
+                     f"{r.size_growth_bytes / 1024:>10.1f}{insert_s:>9}")
+    return "\n".join(lines)
