@@ -83,7 +83,8 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
                                         mean=mean, std=std, bgr=bgr, resize=resize)
     result = xai_graph.insert(model, algo, target_layer=target_layer, mask=mask, score=score, raw=raw,
                               feature_vector=feature_vector, replace=replace, top_k=_top_k(class_maps),
-                              brute_force=brute_force, metadata=preprocessing if len(preprocessing) > 1 else None)
+                              brute_force=brute_force, metadata=preprocessing if len(preprocessing) > 1 else None,
+                              check=False)  # save_model checks the written file
     xai_graph.save_model(result, output)
     saliency = next(o for o in result.graph.outputs if o.name == "saliency_map")
     click.echo(f"{output}: {result.metadata_props['xai_graph.method']} on '{result.metadata_props['xai_graph.target']}', "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -78,8 +79,41 @@ def test_inspect_reports_target_and_algorithms(workdir):
     result = xai_graph_cli("inspect", workdir / "model.onnx")
     assert result.returncode == 0, result.stderr
     assert "pooling that feeds 'scores'" in result.stdout
-    for algo in ("activationmap", "eigencam", "classwisesaliencymap"):
-        assert f"algo    {algo}: yes" in result.stdout
+    for algo in ("activationmap", "eigencam"):
+        assert f"algo    {algo}: yes\n" in result.stdout
+    assert "algo    classwisesaliencymap: yes (fused)" in result.stdout
+
+
+def test_insert_top_k_and_brute_force_options(workdir):
+    out = workdir / "top.onnx"
+    result = xai_graph_cli("insert", workdir / "model.onnx", "--classes", "topk:2", "--brute-force", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "cloned tail" in result.stdout
+    outputs = open_model(out)({"image": np.zeros((3, 3, 64, 64), np.float32)})
+    assert outputs["saliency_map"].shape == (3, 2, 8, 8) and outputs["saliency_classes"].shape == (3, 2)
+    bad = xai_graph_cli("insert", workdir / "model.onnx", "--classes", "top5", "-o", workdir / "x.onnx")
+    assert bad.returncode == 2 and "topk:N" in bad.stderr and not (workdir / "x.onnx").exists()
+
+
+def test_bench_measures_every_variant_side_by_side(workdir):
+    result = xai_graph_cli("bench", workdir / "model.onnx", "--runtime", "both", "--batch", "1,2", "--rounds", "3",
+                           "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    variants = {"original", "activationmap", "eigencam", "classwisesaliencymap (fused)",
+                "classwisesaliencymap (cloned tail)"}
+    for runtime in ("onnxruntime", "openvino"):
+        for batch in (1, 2):
+            group = {r["variant"]: r for r in rows if r["runtime"] == runtime and r["batch"] == batch}
+            assert set(group) == variants
+            assert group["original"]["ratio"] == 1.0 and group["original"]["size_growth_bytes"] == 0
+            for name in variants - {"original"}:
+                row = group[name]
+                assert row["median_ms"] > 0 and row["p90_ms"] >= row["median_ms"]
+                assert 0 < row["size_growth_bytes"] < 1_000_000 and row["insert_seconds"] > 0
+                assert row["ratio"] == pytest.approx(row["median_ms"] / group["original"]["median_ms"])
+    table = xai_graph_cli("bench", workdir / "model.onnx", "--runtime", "onnxruntime", "--batch", "1", "--rounds", "2")
+    assert table.returncode == 0 and "classwisesaliencymap (cloned tail)" in table.stdout
 
 
 def _mlp(path: Path) -> Path:

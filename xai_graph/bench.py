@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -41,7 +43,7 @@ class Measurement:
     p90_ms: float
     images_per_second: float
     ratio: float  # median latency / the original's median latency, same rounds
-    memory_mb: float  # resident memory added by loading the variant and running it once
+    peak_memory_mb: float  # peak resident memory of a process that loads and runs only this variant
     size_growth_bytes: int
     insert_seconds: float | None
 
@@ -64,9 +66,8 @@ def prepare_variants(model: Path, algos: list[str], folder: Path, top_k: int | N
         forms = [False, True] if algo == "classwisesaliencymap" and brute_force_too else [False]
         for brute_force in forms:
             start = time.perf_counter()
-            source = load_model(model)
-            result = insert(source, algo, top_k=top_k if algo == "classwisesaliencymap" else None,
-                            brute_force=brute_force)
+            result = insert(model, algo, top_k=top_k if algo == "classwisesaliencymap" else None,
+                            brute_force=brute_force, check=False)  # as `xai-graph insert` does
             path = save_model(result, folder / f"{algo}{'_cloned' if brute_force else ''}.onnx")
             seconds = time.perf_counter() - start
             form = result.metadata_props["xai_graph.method"].partition("(")[2].rstrip(")")
@@ -77,14 +78,29 @@ def prepare_variants(model: Path, algos: list[str], folder: Path, top_k: int | N
     return variants
 
 
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        import resource
+_PEAK_MEMORY_PROBE = """
+import resource, sys
+import numpy as np
+from xai_graph.runtime import open_model
+path, runtime, name, shape = sys.argv[1], sys.argv[2], sys.argv[3], [int(d) for d in sys.argv[4].split(",")]
+session = open_model(path, runtime)
+for _ in range(3):
+    session({name: np.zeros(shape, np.float32)})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def peak_memory_mb(path: Path, runtime: str, name: str, shape: tuple[int, ...]) -> float:
+    """Peak resident memory of a fresh process that loads the model and runs it three times.
+
+    A process of its own per variant: resident-size differences inside one process
+    are blurred by the allocators' caching.
+    """
+    result = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_PROBE, str(path), runtime, name,
+                             ",".join(map(str, shape))], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise XaiGraphError(f"memory probe failed for {path.name}: {result.stderr.strip().splitlines()[-1:]}")
+    return int(result.stdout.split()[-1]) / 1024
 
 
 def input_shape(model: Path, batch: int, size: tuple[int, int] | None) -> tuple[str, tuple[int, ...]]:
@@ -105,13 +121,12 @@ def measure(variants: list[Variant], runtime: str, batch: int, size: tuple[int, 
             threads: int | None = None, rounds: int = 30, warmup: int = 3) -> list[Measurement]:
     name, shape = input_shape(variants[0].path, batch, size)
     feeds = {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    sessions, memory = [], []
+    memory = [peak_memory_mb(v.path, runtime, name, shape) for v in variants]
+    sessions = []
     for variant in variants:
-        before = _rss_mb()
         session = open_model(variant.path, runtime, **({"threads": threads} if threads else {}))
         for _ in range(warmup):
             session(feeds)
-        memory.append(_rss_mb() - before)
         sessions.append(session)
     times: list[list[float]] = [[] for _ in variants]
     for r in range(rounds):
@@ -140,10 +155,10 @@ def benchmark(model: str | os.PathLike, algos: list[str], runtimes: list[str], b
 
 def format_table(rows: list[Measurement]) -> str:
     lines = [f"{'runtime':<12}{'batch':>6}  {'variant':<36}{'median ms':>10}{'p90 ms':>9}{'img/s':>9}"
-             f"{'ratio':>8}{'mem MB':>8}{'growth KB':>10}{'insert s':>9}"]
+             f"{'ratio':>8}{'peak MB':>9}{'growth KB':>10}{'insert s':>9}"]
     for r in rows:
         insert_s = f"{r.insert_seconds:.2f}" if r.insert_seconds is not None else "-"
         lines.append(f"{r.runtime:<12}{r.batch:>6}  {r.variant:<36}{r.median_ms:>10.2f}{r.p90_ms:>9.2f}"
-                     f"{r.images_per_second:>9.1f}{r.ratio:>8.3f}{r.memory_mb:>8.1f}"
+                     f"{r.images_per_second:>9.1f}{r.ratio:>8.3f}{r.peak_memory_mb:>9.0f}"
                      f"{r.size_growth_bytes / 1024:>10.1f}{insert_s:>9}")
     return "\n".join(lines)

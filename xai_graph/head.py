@@ -40,6 +40,7 @@ def insert(
     metadata: dict[str, str] | None = None,
     top_k: int | None = None,
     brute_force: bool = False,
+    check: bool = True,
 ) -> ir.Model:
     """Return a copy of `model` with a `saliency_map` output (and `feature_vector` on request).
 
@@ -51,6 +52,8 @@ def insert(
     `top_k` (class-wise methods): maps only for each image's k best classes, plus
     an int64 output `saliency_classes [B, k]` naming them. `brute_force`
     (Recipro-CAM): clone the whole tail even where the fused form applies.
+    `check=False` skips the ONNX checker on the in-memory result, for callers that
+    save it with `save_model`, which checks the written file.
     """
     model = to_ir(model)
     graph = model.graph
@@ -88,7 +91,8 @@ def insert(
                                          "brute_force": brute_force, "feature_vector": feature_vector},
                                         sort_keys=True),
     })
-    _check(model)
+    if check:
+        _check(model)
     return model
 
 
@@ -99,8 +103,9 @@ def scale_to_uint8(b: GraphBuilder, saliency: ir.Value, class_wise: bool) -> ir.
     high = b.reduce("ReduceMax", flat, [-1], keepdims=True)
     span = b.op("Add", b.op("Sub", high, low), b.scalar(_EPSILON))
     scaled = b.op("Div", b.op("Mul", b.op("Sub", flat, low), b.scalar(255.0)), span)
-    clipped = b.op("Clip", b.op("Round", scaled), b.scalar(0.0), b.scalar(255.0))
-    return b.op("Reshape", b.op("Cast", clipped, to=ir.DataType.UINT8), b.op("Shape", saliency))
+    # 0 <= scaled <= 255 * span / (span + eps) < 255.5, so rounding stays in range: no Clip needed.
+    rounded = b.op("Round", scaled)
+    return b.op("Reshape", b.op("Cast", rounded, to=ir.DataType.UINT8), b.op("Shape", saliency))
 
 
 def _add_output(graph: ir.Graph, value: ir.Value, name: str, dtype: ir.DataType, dims: list) -> None:

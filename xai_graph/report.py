@@ -63,8 +63,10 @@ def describe(path: str | os.PathLike, target_layer: str | None = None) -> ModelR
     report.target, report.target_shape, report.reason = target.value.name, shape_text(target.value), target.reason
     for cls in methods_for_task("classification"):
         try:
-            cls(MethodOptions()).check(target)
-            report.algorithms[cls.algo] = "yes"
+            method = cls(MethodOptions())
+            method.check(target)
+            form = method.form(target)
+            report.algorithms[cls.algo] = f"yes ({form})" if form else "yes"
         except XaiGraphError as exc:
             report.algorithms[cls.algo] = f"no: {exc}"
     return report

@@ -40,15 +40,17 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise XaiGraphError(f"{path}: not a readable ONNX model ({_one_line(exc)})") from None
     if proto.ir_version <= 0 or not proto.graph.node or not proto.graph.output:
         raise XaiGraphError(f"{path}: not an ONNX model (no graph in the file, or it is truncated)")
-    _check_external_data(proto, path)
-    try:
-        onnx.checker.check_model(str(path))
+    external = uses_external_data(proto)
+    if external:
+        _check_external_data(proto, path)
+    try:  # the checker reads external data from the path; otherwise the parsed proto saves a second read
+        onnx.checker.check_model(str(path) if external else proto)
     except Exception as exc:
         raise XaiGraphError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
     model = ir.serde.deserialize_model(_with_inferred_shapes(proto))
     ir_external_data.set_base_dir(model.graph, str(path.parent))
     model.meta["xai_graph.source"] = str(path.resolve())
-    model.meta["xai_graph.external_data"] = uses_external_data(proto)
+    model.meta["xai_graph.external_data"] = external
     return model
 
 

@@ -49,6 +49,10 @@ class SaliencyMethod:
         if self.options.top_k is not None and not self.class_wise:
             raise XaiGraphError(f"{self.algo} maps are class-agnostic: top-k classes do not apply")
 
+    def form(self, target: Target) -> str:
+        """How the map will be computed for `target`, where a method has several forms ("" otherwise)."""
+        return ""
+
     def build(self, builder: GraphBuilder, target: Target) -> Saliency:
         raise NotImplementedError
 

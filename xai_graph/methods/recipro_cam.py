@@ -35,6 +35,8 @@ GAUSSIAN_KERNEL = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float32) 
 MASKS = ("gaussian", "onehot")
 SCORES = ("logits", "softmax", "sigmoid")
 _AVERAGING_POOLS = ("GlobalAveragePool", "ReduceMean", "AveragePool")
+# Ops that only reshape a [N, C(, 1, 1)] vector batch (Dropout is the identity at inference).
+_SHAPE_ONLY = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout")
 
 
 @register_method
@@ -57,6 +59,12 @@ class ReciproCAM(SaliencyMethod):
             if k < 1 or (target.num_classes is not None and k > target.num_classes):
                 raise XaiGraphError(f"top-k must be between 1 and the number of classes ({target.num_classes})")
 
+    def form(self, target: Target) -> str:
+        return "fused" if self._pool(target) is not None else "cloned tail"
+
+    def _pool(self, target: Target) -> ir.Node | None:
+        return None if self.options.brute_force else _averaging_pool(target)
+
     def build(self, b: GraphBuilder, target: Target) -> Saliency:
         index = GraphIndex(b.graph)
         f = target.value
@@ -72,16 +80,17 @@ class ReciproCAM(SaliencyMethod):
         final = _final_linear(b, target, index) if classes is not None else None
         end = final.input if final is not None else target.logits
 
-        pool = None if self.options.brute_force else _averaging_pool(target)
+        pool = self._pool(target)
         if pool is not None:
             start, batch = pool.outputs[0], self._pooled_vectors(b, f, pool, positions)
-            form = "fused"
         else:
             start, batch = f, self._masked_maps(b, f, positions, h, w)
-            form = "cloned tail"
         between = index.descendants(start) & index.ancestors(end)
         nodes = [n for n in target.tail if n in between]
-        outputs = batch if end is start else clone_tail(b, nodes, start, batch, end)  # [B*hw, K or D]
+        if end is start or (final is not None and all(n.op_type in _SHAPE_ONLY for n in nodes)):
+            outputs = batch  # nothing but reshaping between the pool and the last layer: no clone needed
+        else:
+            outputs = clone_tail(b, nodes, start, batch, end)  # [B*hw, K or D]
 
         if final is not None:  # only the k selected rows of the last linear layer
             hidden = b.reshape(outputs, -1, positions_value, b.dim(final.input, -1))  # [B, hw, D]
@@ -98,7 +107,7 @@ class ReciproCAM(SaliencyMethod):
                 picked = b.op("Expand", b.unsqueeze(classes, [1]), shape)
                 scores = b.op("GatherElements", scores, picked, axis=2)  # [B, hw, k]
         per_image = b.op("Transpose", scores, perm=[0, 2, 1])
-        return Saliency(b.reshape(per_image, 0, 0, h, w), classes, form)  # [B, K or k, h, w]
+        return Saliency(b.reshape(per_image, 0, 0, h, w), classes, self.form(target))  # [B, K or k, h, w]
 
     def _masked_maps(self, b: GraphBuilder, f: ir.Value, positions, h, w) -> ir.Value:
         """F masked at every position, as one batch [B*hw, C, h, w]."""
@@ -111,12 +120,15 @@ class ReciproCAM(SaliencyMethod):
     def _pooled_vectors(self, b: GraphBuilder, f: ir.Value, pool: ir.Node, positions) -> ir.Value:
         """What the pool outputs for F masked at every position: [B*hw, C] in the pool's own layout."""
         channels = static_dim(f, 1)
-        x = f
+        # The pool divides by all hw positions, masked or not; a static hw goes into the kernel.
+        scale = 1.0 / positions if isinstance(positions, int) else 1.0
         if self.options.mask == "gaussian":  # sum of F over the Gaussian neighbourhood of each position
-            kernel = b.const(np.tile(GAUSSIAN_KERNEL, (channels, 1, 1, 1)))
+            kernel = b.const(np.tile(GAUSSIAN_KERNEL * np.float32(scale), (channels, 1, 1, 1)))
             x = b.op("Conv", f, kernel, pads=[1, 1, 1, 1], group=channels)
-        count = b.scalar(float(positions)) if isinstance(positions, int) else b.op("Cast", positions, to=ir.DataType.FLOAT)
-        x = b.op("Div", x, count)  # the pool divides by all hw positions, masked or not
+        else:
+            x = b.op("Mul", f, b.scalar(scale)) if isinstance(positions, int) else f
+        if not isinstance(positions, int):
+            x = b.op("Div", x, b.op("Cast", positions, to=ir.DataType.FLOAT))
         vectors = b.op("Transpose", b.reshape(x, 0, 0, -1), perm=[0, 2, 1])  # [B, hw, C]
         keeps_dims = pool.op_type != "ReduceMean" or _keepdims(pool)
         return b.reshape(vectors, -1, channels, 1, 1) if keeps_dims else b.reshape(vectors, -1, channels)
