@@ -63,10 +63,14 @@ def test_batch_of_one_equals_batch_of_three(spec, exported, tmp_path):
                                            atol=1 if together.dtype == np.uint8 else 1e-5, rtol=0)
 
 
+OPTION_SPECS = [zoo.Export("mobilenetv3", dynamo=False, opset=17, dynamic_batch=True, softmax=False),  # MLP head
+                zoo.Export("resnet", dynamo=False, opset=11, dynamic_batch=False, softmax=True)]  # linear head, opset 11
+
+
+@pytest.mark.parametrize("spec", OPTION_SPECS, ids=lambda s: s.id)
 @pytest.mark.parametrize("mask", ["onehot", "gaussian"])
 @pytest.mark.parametrize("score", ["logits", "softmax", "sigmoid"])
-def test_recipro_cam_options(mask, score, exported, tmp_path):
-    spec = zoo.Export("mobilenetv3", dynamo=False, opset=17, dynamic_batch=True, softmax=False)
+def test_recipro_cam_options(spec, mask, score, exported, tmp_path):
     path, model, size = exported(spec)
     x = _images(spec, size, 2)
     with torch.no_grad():

@@ -78,6 +78,8 @@ def prepare_variants(model: Path, algos: list[str], folder: Path, top_k: int | N
     return variants
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec,
+# so a child of a big benchmark process would report the parent's size.
 _PEAK_MEMORY_PROBE = """
 import resource, sys
 import numpy as np
@@ -86,7 +88,11 @@ path, runtime, name, shape = sys.argv[1], sys.argv[2], sys.argv[3], [int(d) for 
 session = open_model(path, runtime)
 for _ in range(3):
     session({name: np.zeros(shape, np.float32)})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+try:
+    status = open("/proc/self/status").read().split("VmHWM:")[1]
+    print(int(status.split()[0]))
+except (OSError, IndexError):
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 

@@ -34,8 +34,8 @@ class EigenCAM(SaliencyMethod):
         channels, h, w = static_dim(f, 1), static_dim(f, 2), static_dim(f, 3)
         positions = h * w if h is not None and w is not None else None
 
-        x = b.op("Transpose", b.reshape(f, 0, 0, -1), perm=[0, 2, 1])  # [B, hw, C]
-        x = b.op("Sub", x, b.reduce("ReduceMean", x, [1], keepdims=True))  # centred over positions
+        features = b.op("Transpose", b.reshape(f, 0, 0, -1), perm=[0, 2, 1])  # [B, hw, C]
+        x = b.op("Sub", features, b.reduce("ReduceMean", features, [1], keepdims=True))  # centred over positions
         xt = b.op("Transpose", x, perm=[0, 2, 1])  # [B, C, hw]
         # The smaller Gram matrix; a dynamic map size falls back to C x C, whose cost is bounded.
         use_positions = positions is not None and channels is not None and positions <= channels
@@ -48,22 +48,25 @@ class EigenCAM(SaliencyMethod):
         norm = b.reduce("ReduceL2", vector, [1, 2], keepdims=True)
         vector = b.op("Div", vector, b.op("Add", norm, b.scalar(_TINY)))
         s = b.op("MatMul", x, vector)  # [B, hw, 1]
-        s = b.op("Mul", s, _sign_like_activation_map(b, f, s))
+        activation = b.reduce("ReduceMean", features, [2], keepdims=True)  # mean over C, [B, hw, 1]
+        s = b.op("Mul", s, _sign_like(b, activation, s))
         return Saliency(b.reshape(s, -1, b.dim(f, 2), b.dim(f, 3)))
 
 
 def _normalised(b: GraphBuilder, m: ir.Value) -> ir.Value:
-    scale = b.reduce("ReduceMax", b.op("Abs", m), [1, 2], keepdims=True)
+    # A Gram matrix and its powers are positive semi-definite: the largest entry is on
+    # the diagonal and |m_ij| <= sqrt(m_ii m_jj), so the maximum is the largest |entry|.
+    scale = b.reduce("ReduceMax", m, [1, 2], keepdims=True)
     return b.op("Div", m, b.op("Add", scale, b.scalar(_TINY)))
 
 
 def _dominant_projector(b: GraphBuilder, gram: ir.Value) -> ir.Value:
-    # With entries in [-1, 1], two squarings grow them to at most n^3: normalising
-    # every other step is enough for float32 and halves the nodes on the hot path.
+    # With entries in [-1, 1], three squarings grow them to at most n^7 (below float32's
+    # limit for any n under 300,000): normalising every third step keeps nodes off the hot path.
     m = _normalised(b, gram)
     for step in range(1, SQUARINGS + 1):
         m = b.op("MatMul", m, m)
-        if step % 2 == 0 or step == SQUARINGS:
+        if step % 3 == 0 or step == SQUARINGS:
             m = _normalised(b, m)
     return m
 
@@ -76,10 +79,9 @@ def _projector_column(b: GraphBuilder, projector: ir.Value, size) -> ir.Value:
     return b.op("MatMul", projector, pick)
 
 
-def _sign_like_activation_map(b: GraphBuilder, f: ir.Value, s: ir.Value) -> ir.Value:
-    # S has zero mean over positions, so sum(S * A) is its covariance with A = mean_c F.
-    activation = b.op("Transpose", b.reduce("ReduceMean", b.reshape(f, 0, 0, -1), [1], keepdims=True),
-                      perm=[0, 2, 1])  # [B, hw, 1]
+def _sign_like(b: GraphBuilder, activation: ir.Value, s: ir.Value) -> ir.Value:
+    """+1 or -1 per image, so that S correlates positively with the activation map."""
+    # S has zero mean over positions, so sum(S * A) is its covariance with A.
     covariance = b.reduce("ReduceSum", b.op("Mul", s, activation), [1, 2], keepdims=True)
     negative = b.op("Less", covariance, b.scalar(0.0))
     return b.op("Where", negative, b.scalar(-1.0), b.scalar(1.0))

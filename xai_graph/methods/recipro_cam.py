@@ -71,15 +71,54 @@ class ReciproCAM(SaliencyMethod):
         h, w = b.dim(f, 2), b.dim(f, 3)
         static_h, static_w = static_dim(f, 2), static_dim(f, 3)
         positions = static_h * static_w if static_h and static_w else b.op("Mul", h, w)
-        positions_value = b.ints([positions]) if isinstance(positions, int) else positions
-
         classes = None
         if self.options.top_k is not None:
-            k = b.ints([self.options.top_k])
-            _, classes = b.op_multi("TopK", target.logits, k, num_outputs=2, axis=-1, largest=1, sorted=1)
-        final = _final_linear(b, target, index) if classes is not None else None
-        end = final.input if final is not None else target.logits
+            _, classes = b.op_multi("TopK", target.logits, b.ints([self.options.top_k]), num_outputs=2,
+                                    axis=-1, largest=1, sorted=1)
+        final = _final_linear(b, target, index)
+        pool = self._pool(target)
+        if pool is not None and final is not None and self._only_reshapes(target, index, pool, final):
+            scores = self._linear_head(b, f, pool, final, classes, positions)  # [B, K or k, hw]
+            return Saliency(b.reshape(scores, 0, 0, h, w), classes, self.form(target))
+        final = final if classes is not None else None
+        outputs = self._per_position(b, target, index, final.input if final else target.logits, positions, h, w)
+        if final is not None:
+            scores = self._selected_rows(b, final, outputs, classes, positions)
+        else:
+            scores = b.reshape(self.score(b, outputs), -1, positions, b.dim(target.logits, 1))  # [B, hw, K]
+            if classes is not None:  # the tail does not end linearly: all maps, then the k selected
+                picked = b.op("Expand", b.unsqueeze(classes, [1]),
+                              b.shape_from(b.dim(scores, 0), positions, self.options.top_k))
+                scores = b.op("GatherElements", scores, picked, axis=2)  # [B, hw, k]
+        per_image = b.op("Transpose", scores, perm=[0, 2, 1])
+        return Saliency(b.reshape(per_image, 0, 0, h, w), classes, self.form(target))  # [B, K or k, h, w]
 
+    @staticmethod
+    def _only_reshapes(target: Target, index: GraphIndex, pool: ir.Node, final: _Linear) -> bool:
+        between = index.descendants(pool.outputs[0]) & index.ancestors(final.input)
+        return all(n.op_type in _SHAPE_ONLY for n in target.tail if n in between)
+
+    def _linear_head(self, b: GraphBuilder, f: ir.Value, pool: ir.Node, final: _Linear, classes, positions):
+        """Pool -> (reshapes) -> linear layer, the commonest head: S = W @ pooled + bias as one MatMul.
+
+        The pooled vectors stay in F's own [B, C, hw] layout, so no transposes are needed;
+        with top-k only the k selected rows of W take part.
+        """
+        x = b.reshape(self._masked_average(b, f, positions), 0, 0, -1)  # [B, C, hw]
+        if classes is None:
+            weights, bias = final.weight, final.bias  # [K, C], [K]
+        else:
+            weights = b.op("Gather", final.weight, classes, axis=0)  # [B, k, C]
+            bias = b.op("Gather", final.bias, classes, axis=0) if final.bias is not None else None  # [B, k]
+        scores = b.op("MatMul", weights, x)  # [B, K or k, hw]
+        if bias is not None:
+            scores = b.op("Add", scores, b.unsqueeze(bias, [-1]))
+        return self.score(b, scores, axis=1)
+
+    def _per_position(self, b: GraphBuilder, target: Target, index: GraphIndex, end: ir.Value, positions,
+                      h, w) -> ir.Value:
+        """`end` (the logits, or the last linear layer's input) for F masked at each position: [B*hw, ...]."""
+        f = target.value
         pool = self._pool(target)
         if pool is not None:
             start, batch = pool.outputs[0], self._pooled_vectors(b, f, pool, positions)
@@ -87,27 +126,19 @@ class ReciproCAM(SaliencyMethod):
             start, batch = f, self._masked_maps(b, f, positions, h, w)
         between = index.descendants(start) & index.ancestors(end)
         nodes = [n for n in target.tail if n in between]
-        if end is start or (final is not None and all(n.op_type in _SHAPE_ONLY for n in nodes)):
-            outputs = batch  # nothing but reshaping between the pool and the last layer: no clone needed
-        else:
-            outputs = clone_tail(b, nodes, start, batch, end)  # [B*hw, K or D]
+        if end is start or (end is not target.logits and all(n.op_type in _SHAPE_ONLY for n in nodes)):
+            return batch  # nothing but reshaping between the pool and the last layer: no clone needed
+        return clone_tail(b, nodes, start, batch, end)
 
-        if final is not None:  # only the k selected rows of the last linear layer
-            hidden = b.reshape(outputs, -1, positions_value, b.dim(final.input, -1))  # [B, hw, D]
-            weights = b.op("Gather", final.weight, classes, axis=0)  # [B, k, D]
-            scores = b.op("MatMul", hidden, b.op("Transpose", weights, perm=[0, 2, 1]))  # [B, hw, k]
-            if final.bias is not None:
-                scores = b.op("Add", scores, b.unsqueeze(b.op("Gather", final.bias, classes, axis=0), [1]))
-            scores = self.score(b, scores)
-        else:
-            scores = self.score(b, outputs)
-            scores = b.reshape(scores, -1, positions_value, b.dim(target.logits, 1))  # [B, hw, K]
-            if classes is not None:  # a tail without a final linear layer: all maps, then the k selected
-                shape = b.shape_from(b.dim(scores, 0), positions_value, self.options.top_k)
-                picked = b.op("Expand", b.unsqueeze(classes, [1]), shape)
-                scores = b.op("GatherElements", scores, picked, axis=2)  # [B, hw, k]
-        per_image = b.op("Transpose", scores, perm=[0, 2, 1])
-        return Saliency(b.reshape(per_image, 0, 0, h, w), classes, self.form(target))  # [B, K or k, h, w]
+    def _selected_rows(self, b: GraphBuilder, final: _Linear, hidden: ir.Value, classes: ir.Value,
+                       positions) -> ir.Value:
+        """Scores of the k selected classes only, from their rows of the last layer: [B, hw, k]."""
+        hidden = b.reshape(hidden, -1, positions, b.dim(final.input, -1))  # [B, hw, D]
+        weights = b.op("Gather", final.weight, classes, axis=0)  # [B, k, D]
+        scores = b.op("MatMul", hidden, b.op("Transpose", weights, perm=[0, 2, 1]))
+        if final.bias is not None:
+            scores = b.op("Add", scores, b.unsqueeze(b.op("Gather", final.bias, classes, axis=0), [1]))
+        return self.score(b, scores)
 
     def _masked_maps(self, b: GraphBuilder, f: ir.Value, positions, h, w) -> ir.Value:
         """F masked at every position, as one batch [B*hw, C, h, w]."""
@@ -120,6 +151,14 @@ class ReciproCAM(SaliencyMethod):
     def _pooled_vectors(self, b: GraphBuilder, f: ir.Value, pool: ir.Node, positions) -> ir.Value:
         """What the pool outputs for F masked at every position: [B*hw, C] in the pool's own layout."""
         channels = static_dim(f, 1)
+        x = self._masked_average(b, f, positions)
+        vectors = b.op("Transpose", b.reshape(x, 0, 0, -1), perm=[0, 2, 1])  # [B, hw, C]
+        keeps_dims = pool.op_type != "ReduceMean" or _keepdims(pool)
+        return b.reshape(vectors, -1, channels, 1, 1) if keeps_dims else b.reshape(vectors, -1, channels)
+
+    def _masked_average(self, b: GraphBuilder, f: ir.Value, positions) -> ir.Value:
+        """[B, C, h, w]: at each position p, the spatial average of F masked at p."""
+        channels = static_dim(f, 1)
         # The pool divides by all hw positions, masked or not; a static hw goes into the kernel.
         scale = 1.0 / positions if isinstance(positions, int) else 1.0
         if self.options.mask == "gaussian":  # sum of F over the Gaussian neighbourhood of each position
@@ -129,13 +168,16 @@ class ReciproCAM(SaliencyMethod):
             x = b.op("Mul", f, b.scalar(scale)) if isinstance(positions, int) else f
         if not isinstance(positions, int):
             x = b.op("Div", x, b.op("Cast", positions, to=ir.DataType.FLOAT))
-        vectors = b.op("Transpose", b.reshape(x, 0, 0, -1), perm=[0, 2, 1])  # [B, hw, C]
-        keeps_dims = pool.op_type != "ReduceMean" or _keepdims(pool)
-        return b.reshape(vectors, -1, channels, 1, 1) if keeps_dims else b.reshape(vectors, -1, channels)
+        return x
 
-    def score(self, b: GraphBuilder, logits: ir.Value) -> ir.Value:
+    def score(self, b: GraphBuilder, logits: ir.Value, axis: int = -1) -> ir.Value:
+        """The per-class score read from the logits; `axis` is the class axis (Softmax needs it)."""
         if self.options.score == "softmax":
-            return b.op("Softmax", logits, axis=-1)
+            if axis == -1 or b.opset >= 13:
+                return b.op("Softmax", logits, axis=axis)
+            # Before opset 13 Softmax normalises over all axes from `axis` on: move the classes last.
+            moved = b.op("Softmax", b.op("Transpose", logits, perm=[0, 2, 1]), axis=-1)
+            return b.op("Transpose", moved, perm=[0, 2, 1])
         if self.options.score == "sigmoid":
             return b.op("Sigmoid", logits)
         return logits
