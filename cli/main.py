@@ -14,7 +14,7 @@ from xai_graph.errors import XaiGraphError
 from xai_graph.methods.recipro_cam import MASKS, SCORES
 from xai_graph.bench import benchmark, format_table
 from xai_graph.explain import Explainer
-from xai_graph.gallery import ResultWriter
+from xai_graph.gallery import IMAGE_FORMATS, ResultWriter
 from xai_graph.graph.analysis import shape_text
 from xai_graph.images import find_images
 from xai_graph.pipeline import explain_files
@@ -165,10 +165,12 @@ def _size(text: str | None) -> tuple[int, int] | None:
 @click.option("--std", help="Scale per channel: input = (pixel - mean) / std.")
 @click.option("--bgr/--rgb", default=None, help="Channel order the model takes.")
 @click.option("--resize", type=click.Choice(RESIZE_TYPES), help="How images are fitted to the input.")
+@click.option("--image-format", type=click.Choice(IMAGE_FORMATS), default="png", show_default=True,
+              help="Format of the maps and overlays (jpg encodes several times faster).")
 @click.option("--overwrite", is_flag=True, help="Replace files of an earlier run instead of adding new names.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def explain(model, inputs, outdir, runtime, device, algo, classes, top_k, overlay_alpha, raw, batch_size, size,
-            mean, std, bgr, resize, overwrite, quiet):
+            mean, std, bgr, resize, image_format, overwrite, quiet):
     """Explain images with MODEL: a saliency map and an overlay per image and class, predictions.json and
     index.html in OUTDIR. Exit code 3 when some images failed (they are listed in predictions.json)."""
     paths = find_images(list(inputs))
@@ -180,7 +182,7 @@ def explain(model, inputs, outdir, runtime, device, algo, classes, top_k, overla
                    size=_size(size), **overrides) as explainer:
         if explainer.instrumented_here:
             click.echo(f"{model} has no saliency_map: instrumented on the fly with {explainer.algo}", err=True)
-        writer = ResultWriter(outdir, overwrite=overwrite, alpha=overlay_alpha, raw=raw)
+        writer = ResultWriter(outdir, overwrite=overwrite, alpha=overlay_alpha, raw=raw, image_format=image_format)
         show_bar = not quiet and len(paths) > 3
         with click.progressbar(length=len(paths), label="explaining", file=sys.stderr,
                                hidden=not show_bar) as bar:

@@ -71,8 +71,8 @@ def bare(explainer: Explainer, original, paths: list[Path], batch_size: int) -> 
     return len(paths) / (time.perf_counter() - start)
 
 
-def explain(explainer: Explainer, paths: list[Path], batch_size: int, outdir: Path) -> float:
-    writer = ResultWriter(outdir, overwrite=True)
+def explain(explainer: Explainer, paths: list[Path], batch_size: int, outdir: Path, image_format: str) -> float:
+    writer = ResultWriter(outdir, overwrite=True, image_format=image_format)
     summary = explain_files(explainer, paths, writer, batch_size=batch_size)
     return summary.images_per_second
 
@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"])
     parser.add_argument("--algo", default="classwisesaliencymap", choices=xai_graph.algorithms())
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-format", default="png", choices=["png", "jpg"])
     parser.add_argument("--top-k", type=int, default=5, help="class-wise heads: maps for the k best classes (0: all)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
@@ -99,10 +100,10 @@ def main() -> None:
             bare_runs, explain_runs = [], []
             for _ in range(args.repeat):
                 bare_runs.append(bare(explainer, original, paths, args.batch_size))
-                explain_runs.append(explain(explainer, paths, args.batch_size, tmp / "out"))
+                explain_runs.append(explain(explainer, paths, args.batch_size, tmp / "out", args.image_format))
         b, e = max(bare_runs), max(explain_runs)
         print(f"EfficientNet-Lite0 224x224, {args.images} images, {args.runtime}, {args.algo}"
-              f"{f' top-{top_k}' if top_k else ''}, "
+              f"{f' top-{top_k}' if top_k else ''}, {args.image_format}, "
               f"batch {args.batch_size}, {os.cpu_count()} CPUs, best of {args.repeat}")
         print(f"bare inference (decode+preprocess+model): {b:7.1f} images/s")
         print(f"explain (+ head, render, write):          {e:7.1f} images/s")

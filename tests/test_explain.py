@@ -288,3 +288,15 @@ def test_demo_cat_map_sits_on_the_cat(tmp_path):
     y, x = np.unravel_index(np.argmax(saliency), saliency.shape)
     assert face[y, x], (x, y)
     assert saliency[face].mean() > 2 * saliency[~face].mean()
+
+
+def test_jpeg_output_format(labelled_model, photos, tmp_path):
+    out = tmp_path / "out"
+    result = xai_graph_cli("explain", labelled_model, "-i", photos / "one.png", "-o", out, "--image-format", "jpg")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "predictions.json").read_text())["images"][0]
+    maps = [f for f in record["files"] if f.endswith("_saliency_map.jpg")]
+    overlays = [f for f in record["files"] if f.endswith("_overlay.jpg")]
+    assert len(maps) == len(overlays) == 1
+    assert cv2.imread(str(out / overlays[0])).shape == (96, 128, 3)
+    assert overlays[0] in (out / "index.html").read_text()

@@ -78,6 +78,7 @@ class Explainer:
         if runtime not in RUNTIMES:
             raise XaiGraphError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.source = Path(model)
+        self.runtime = runtime
         # Rendering only the predicted classes needs maps for the best few only: a top-k head is cheaper.
         head_top_k = max(5, top_k) if classes == "predicted" else None
         graph_model, self.model_path, self.instrumented_here = self._instrumented(self.source, algo, raw, head_top_k)

@@ -96,7 +96,7 @@ def explain_files(explainer: Explainer, paths: list[Path], writer: ResultWriter,
 
     elapsed = time.perf_counter() - start
     failed = sum(1 for p in paths if writer.records.get(str(p), {}).get("error"))
-    summary = {"model": str(explainer.source), "algorithm": explainer.algo, "runtime": type(explainer.session).__name__,
+    summary = {"model": str(explainer.source), "algorithm": explainer.algo, "runtime": explainer.runtime,
                "input_size": list(explainer.input_size), "overlay_alpha": writer.alpha}
     predictions, index = writer.finish(summary)
     return RunSummary(len(paths), failed, elapsed, predictions, index)
