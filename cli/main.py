@@ -64,6 +64,13 @@ def main():
               help="Class-wise maps for every class, or only for each image's N best (adds saliency_classes).")
 @click.option("--brute-force", is_flag=True,
               help="Recipro-CAM: clone the whole tail on masked maps even where the fused form applies.")
+@click.option("--head", "heads", multiple=True, metavar="VALUE",
+              help="Detectors: a per-level class-score map [B, A*K, h, w] (repeatable); found automatically otherwise.")
+@click.option("--num-anchors", metavar="A[,A...]", help="Detectors: anchors per level (one value for all levels).")
+@click.option("--num-classes", type=int, help="Detectors: number of classes K.")
+@click.option("--det-score", type=click.Choice(["softmax", "sigmoid", "none"]), default="softmax", show_default=True,
+              help="Detectors: how DetClassProbabilityMap turns the averaged scores into probabilities.")
+@click.option("--map-size", metavar="HxW", help="Detectors: map size [default: the middle level's].")
 @click.option("--raw", is_flag=True, help="Keep the map as float32 instead of uint8 0..255.")
 @click.option("--feature-vector", is_flag=True, help="Also output feature_vector [B, C].")
 @click.option("--replace", is_flag=True, help="Rebuild the head of a model that already has saliency_map.")
@@ -73,8 +80,8 @@ def main():
 @click.option("--std", help="Preprocessing to record: scale per channel, input = (pixel - mean) / std.")
 @click.option("--bgr/--rgb", default=None, help="Record that the model takes BGR (or RGB) input.")
 @click.option("--resize", type=click.Choice(RESIZE_TYPES), help="Record the resize the model expects.")
-def insert(model, algo, output, target_layer, mask, score, class_maps, brute_force, raw, feature_vector, replace, labels,
-           mean, std, bgr, resize):
+def insert(model, algo, output, target_layer, mask, score, class_maps, brute_force, heads, num_anchors, num_classes,
+           det_score, map_size, raw, feature_vector, replace, labels, mean, std, bgr, resize):
     """Insert a saliency head into MODEL (.onnx)."""
     output = output or model.with_name(model.stem + "_xai.onnx")
     start = time.perf_counter()
@@ -84,6 +91,8 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
     result = xai_graph.insert(model, algo, target_layer=target_layer, mask=mask, score=score, raw=raw,
                               feature_vector=feature_vector, replace=replace, top_k=_top_k(class_maps),
                               brute_force=brute_force, metadata=preprocessing if len(preprocessing) > 1 else None,
+                              heads=list(heads) or None, num_anchors=_ints(num_anchors, "--num-anchors"),
+                              num_classes=num_classes, det_score=det_score, map_size=_hw(map_size),
                               check=False)  # save_model checks the written file
     xai_graph.save_model(result, output)
     saliency = next(o for o in result.graph.outputs if o.name == "saliency_map")
@@ -107,16 +116,21 @@ def inspect(model, target_layer, as_json):
         for v in values:
             click.echo(f"{kind}  {v['name']} {v['shape']} {v['dtype']}")
     for key, value in report.metadata.items():
+        value = value.replace("\n", "\\n")
         click.echo(f"meta    {key} = {value if len(value) < 60 else value[:57] + '...'}")
     if report.scores:
         act = f" (after {report.final_activation})" if report.final_activation else ""
         click.echo(f"scores  {report.scores}{act}")
     for p in report.pools:
         click.echo(f"pool    {p['op']} '{p['node']}' on {p['input']} {p['shape']}: {p['role']}")
+    for level in report.detector_levels:
+        click.echo(f"level   {level['value']} {level['shape']}: {level['anchors']} anchor(s) x {level['classes']} classes")
     for c in report.candidates:
         mark = "*" if c["name"] == report.target else " "
         click.echo(f"map   {mark} {c['name']} {c['shape']}")
-    if report.target:
+    if report.task == "detection":
+        click.echo(f"task    detection: {report.reason}; maps sized as the middle level {report.target_shape}")
+    elif report.target:
         click.echo(f"target  {report.target} {report.target_shape}: {report.reason}")
     else:
         click.echo(f"target  none: {report.reason}")
@@ -131,6 +145,25 @@ def _top_k(text: str) -> int | None:
     if name != "topk" or not number.isdigit() or int(number) < 1:
         raise click.BadParameter(f"{text!r}: expected 'all' or 'topk:N', e.g. topk:5", param_hint="--classes")
     return int(number)
+
+
+def _ints(text: str | None, option: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected integers separated by commas", param_hint=option) from None
+
+
+def _hw(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+        return height, width
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected HxW, e.g. 25x19", param_hint="--map-size") from None
 
 
 def _size(text: str | None) -> tuple[int, int] | None:

@@ -83,6 +83,9 @@ class Explainer:
         head_top_k = max(5, top_k) if classes == "predicted" else None
         graph_model, self.model_path, self.instrumented_here = self._instrumented(self.source, algo, raw, head_top_k)
         self.metadata = dict(graph_model.metadata_props)
+        if self.metadata.get("xai_graph.task") == "detection":
+            raise XaiGraphError("explain does not handle detectors yet; run the instrumented model directly "
+                                "(its saliency_map output is DetClassProbabilityMap)")
         self.info = read_model_info(self.metadata)
         self.algo = self.metadata.get("xai_graph.algorithm", algo or "?")
         self.session = open_model(self.model_path, runtime, **({"device": device} if runtime == "openvino" else {}),

@@ -17,6 +17,7 @@ from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
+from xai_graph.graph.detection import DetectorHeads, find_class_heads
 from xai_graph.graph.targets import find_target
 from xai_graph.methods import MethodOptions, method_for
 
@@ -41,6 +42,11 @@ def insert(
     top_k: int | None = None,
     brute_force: bool = False,
     check: bool = True,
+    heads: list[str] | None = None,
+    num_anchors: list[int] | None = None,
+    num_classes: int | None = None,
+    det_score: str = "softmax",
+    map_size: tuple[int, int] | None = None,
 ) -> ir.Model:
     """Return a copy of `model` with a `saliency_map` output (and `feature_vector` on request).
 
@@ -54,6 +60,10 @@ def insert(
     (Recipro-CAM): clone the whole tail even where the fused form applies.
     `check=False` skips the ONNX checker on the in-memory result, for callers that
     save it with `save_model`, which checks the written file.
+
+    Single-stage detectors are recognised by their per-level class maps (or named
+    with `heads`, with `num_anchors` / `num_classes` where they cannot be inferred);
+    `classwisesaliencymap` is then DetClassProbabilityMap (`det_score`, `map_size`).
     """
     model = to_ir(model)
     graph = model.graph
@@ -61,20 +71,23 @@ def insert(
         if not replace:
             raise XaiGraphError("the model already has a saliency_map output; pass --replace to rebuild it")
         remove_head(model)
-    method = method_for(algo, "classification")(MethodOptions(mask=mask, score=score, top_k=top_k,
-                                                              brute_force=brute_force))
-    target = find_target(model, target_layer)
+    options = MethodOptions(mask=mask, score=score, top_k=top_k, brute_force=brute_force, det_score=det_score,
+                            map_size=map_size)
+    detector = None if target_layer else find_class_heads(model, heads, num_anchors, num_classes)
+    task = "detection" if detector is not None else "classification"
+    method = method_for(algo, task)(options)
+    target = detector if detector is not None else find_target(model, target_layer)
     method.check(target)
+    if feature_vector and detector is not None:
+        raise XaiGraphError("--feature-vector is not available for detectors")
 
     builder = GraphBuilder(graph, opset=model.opset_imports.get("", 1))
     built = method.build(builder, target)
     saliency = built.map if raw else scale_to_uint8(builder, built.map, class_wise=method.class_wise)
-    batch, height, width = _dims(target.value, [0, 2, 3])
-    rows = top_k or target.num_classes
-    map_dims = [batch, rows, height, width] if method.class_wise else [batch, height, width]
+    map_dims = method.output_dims(target)
     _add_output(graph, saliency, SALIENCY_MAP, ir.DataType.FLOAT if raw else ir.DataType.UINT8, map_dims)
     if built.classes is not None:
-        _add_output(graph, built.classes, SALIENCY_CLASSES, ir.DataType.INT64, [batch, top_k])
+        _add_output(graph, built.classes, SALIENCY_CLASSES, ir.DataType.INT64, [map_dims[0], top_k])
     if feature_vector:
         _add_output(graph, builder.reduce("ReduceMean", target.value, [2, 3], keepdims=False), FEATURE_VECTOR,
                     ir.DataType.FLOAT, _dims(target.value, [0, 1]))
@@ -84,16 +97,37 @@ def insert(
         "xai_graph.version": __version__,
         "xai_graph.algorithm": algo,
         "xai_graph.method": method.title + (f" ({built.form})" if built.form else ""),
-        "xai_graph.target": target.value.name,
-        "xai_graph.scores": target.scores.name,
-        "xai_graph.scores_activation": target.final_activation or "none",
+        "xai_graph.task": task,
+        **(_detection_metadata(target) if detector is not None else {
+            "xai_graph.target": target.value.name,
+            "xai_graph.scores": target.scores.name,
+            "xai_graph.scores_activation": target.final_activation or "none",
+        }),
         "xai_graph.options": json.dumps({"mask": mask, "score": score, "raw": raw, "top_k": top_k,
-                                         "brute_force": brute_force, "feature_vector": feature_vector},
+                                         "brute_force": brute_force, "feature_vector": feature_vector,
+                                         **({"det_score": det_score} if detector is not None else {})},
                                         sort_keys=True),
     })
+    _drop_unused_constants(graph)
     if check:
         _check(model)
     return model
+
+
+def _drop_unused_constants(graph: ir.Graph) -> None:
+    """Builders make shape constants eagerly; those no node ended up reading are removed."""
+    for name in [n for n, v in graph.initializers.items() if n.startswith(NAME_PREFIX) and not v.uses()]:
+        graph.initializers.pop(name)
+
+
+def _detection_metadata(heads: DetectorHeads) -> dict[str, str]:
+    return {
+        "xai_graph.target": ",".join(level.value.name for level in heads.levels),
+        "xai_graph.num_anchors": ",".join(str(level.anchors) for level in heads.levels),
+        "xai_graph.num_classes": str(heads.num_classes),
+        "xai_graph.scores": ",".join(o.name for o in heads.outputs),
+        "xai_graph.scores_activation": heads.activation or "none",
+    }
 
 
 def scale_to_uint8(b: GraphBuilder, saliency: ir.Value, class_wise: bool) -> ir.Value:

@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import shape_text
+from xai_graph.graph.detection import find_class_heads
 from xai_graph.graph.io import load_model
 from xai_graph.graph.targets import find_target
 from xai_graph.methods import MethodOptions, methods_for_task
@@ -29,6 +30,8 @@ class ModelReport:
     target_shape: str | None = None
     reason: str | None = None
     algorithms: dict[str, str] = field(default_factory=dict)  # algo -> "yes" or why not
+    task: str = "classification"
+    detector_levels: list[dict] = field(default_factory=list)  # detectors: class map, anchors per level
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +51,19 @@ def describe(path: str | os.PathLike, target_layer: str | None = None) -> ModelR
         outputs=[_describe_value(v) for v in graph.outputs],
         metadata=dict(model.metadata_props),
     )
+    detector = None if target_layer else find_class_heads(model)
+    if detector is not None:
+        report.task, report.reason = "detection", detector.reason
+        report.scores, report.final_activation = ", ".join(o.name for o in detector.outputs), detector.activation
+        report.detector_levels = [{"value": lv.value.name, "shape": shape_text(lv.value), "anchors": lv.anchors,
+                                   "classes": detector.num_classes} for lv in detector.levels]
+        report.target = detector.middle.value.name
+        report.target_shape = shape_text(detector.middle.value)
+        for cls in methods_for_task("classification"):
+            detection_methods = {m.algo: m for m in methods_for_task("detection")}
+            report.algorithms[cls.algo] = (f"yes ({detection_methods[cls.algo].title})" if cls.algo in detection_methods
+                                           else "not for detectors yet")
+        return report
     try:
         target = find_target(model, target_layer)
     except XaiGraphError as exc:

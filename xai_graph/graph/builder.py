@@ -86,6 +86,24 @@ class GraphBuilder:
     def squeeze(self, x: ir.Value, axes: Sequence[int]) -> ir.Value:
         return self._with_axes("Squeeze", x, axes)
 
+    def softmax(self, x: ir.Value, axis: int, rank: int) -> ir.Value:
+        """Softmax over one axis; before opset 13 Softmax normalises over every axis from `axis` on."""
+        axis %= rank
+        if self.opset >= 13 or axis == rank - 1:
+            return self.op("Softmax", x, axis=axis)
+        perm = [a for a in range(rank) if a != axis] + [axis]
+        inverse = [perm.index(a) for a in range(rank)]
+        moved = self.op("Softmax", self.op("Transpose", x, perm=perm), axis=rank - 1)
+        return self.op("Transpose", moved, perm=inverse)
+
+    def resize_bilinear(self, x: ir.Value, height, width) -> ir.Value:
+        """[B, C, h, w] -> [B, C, height, width], bilinear with half-pixel centres (torch align_corners=False)."""
+        sizes = self.shape_from(self.dim(x, 0), self.dim(x, 1), height, width)
+        empty = self.const(np.zeros(0, dtype=np.float32))
+        roi, scales = (empty, empty) if self.opset < 13 else (None, None)
+        return self.op("Resize", x, roi, scales, sizes, mode="linear",
+                       coordinate_transformation_mode="half_pixel")
+
     # -- shapes ----------------------------------------------------------------
     def dim(self, x: ir.Value, axis: int) -> ir.Value:
         """Dimension `axis` of `x` as a 1-element int64 tensor: a constant where it is static."""

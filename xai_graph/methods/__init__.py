@@ -1,6 +1,11 @@
 """Saliency methods; importing this package registers them all."""
 
-from xai_graph.methods import activation_map, eigencam, recipro_cam  # noqa: F401  (registration)
+from xai_graph.methods import (  # noqa: F401  (registration)
+    activation_map,
+    det_class_probability_map,
+    eigencam,
+    recipro_cam,
+)
 from xai_graph.methods.base import (
     MethodOptions,
     SaliencyMethod,

@@ -12,6 +12,7 @@ from typing import ClassVar
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
+from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.targets import Target
 
@@ -22,6 +23,8 @@ class MethodOptions:
     score: str = "logits"  # Recipro-CAM: "logits", "softmax" or "sigmoid"
     top_k: int | None = None  # class-wise methods: maps only for each image's k best classes
     brute_force: bool = False  # Recipro-CAM: clone the whole tail even where the fused form applies
+    det_score: str = "softmax"  # DetClassProbabilityMap: "softmax" over classes, "sigmoid" or "none"
+    map_size: tuple[int, int] | None = None  # DetClassProbabilityMap: (h, w); default the middle level's
 
 
 @dataclass
@@ -48,6 +51,14 @@ class SaliencyMethod:
         """Raise XaiGraphError where this method cannot explain `target`."""
         if self.options.top_k is not None and not self.class_wise:
             raise XaiGraphError(f"{self.algo} maps are class-agnostic: top-k classes do not apply")
+
+    def output_dims(self, target: Target) -> list:
+        """Declared dims of `saliency_map`: static sizes and named symbols where known, else None."""
+        dims = list(target.value.shape) if target.value.shape is not None else [None] * 4
+        batch, height, width = (known_dim(dims[i]) for i in (0, 2, 3))
+        if not self.class_wise:
+            return [batch, height, width]
+        return [batch, self.options.top_k or target.num_classes, height, width]
 
     def form(self, target: Target) -> str:
         """How the map will be computed for `target`, where a method has several forms ("" otherwise)."""

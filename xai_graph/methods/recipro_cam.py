@@ -173,11 +173,7 @@ class ReciproCAM(SaliencyMethod):
     def score(self, b: GraphBuilder, logits: ir.Value, axis: int = -1) -> ir.Value:
         """The per-class score read from the logits; `axis` is the class axis (Softmax needs it)."""
         if self.options.score == "softmax":
-            if axis == -1 or b.opset >= 13:
-                return b.op("Softmax", logits, axis=axis)
-            # Before opset 13 Softmax normalises over all axes from `axis` on: move the classes last.
-            moved = b.op("Softmax", b.op("Transpose", logits, perm=[0, 2, 1]), axis=-1)
-            return b.op("Transpose", moved, perm=[0, 2, 1])
+            return b.op("Softmax", logits, axis=-1) if axis == -1 else b.softmax(logits, axis, rank=3)
         if self.options.score == "sigmoid":
             return b.op("Sigmoid", logits)
         return logits

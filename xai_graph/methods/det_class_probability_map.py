@@ -1,0 +1,66 @@
+"""DetClassProbabilityMap for single-stage detectors (OTX semantics).
+
+Per level, the class scores [B, A*K, h_l, w_l] are maxed over the A anchors,
+resized bilinearly to one size (the middle level's by default), averaged over
+levels, and turned into probabilities over classes: softmax (default, as OTX;
+skipped for K = 1), sigmoid, or none.
+"""
+
+from __future__ import annotations
+
+from xai_graph.errors import XaiGraphError
+from xai_graph.graph.analysis import known_dim
+from xai_graph.graph.builder import GraphBuilder, static_dim
+from xai_graph.graph.detection import DetectorHeads
+from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
+
+DET_SCORES = ("softmax", "sigmoid", "none")
+
+
+@register_method
+class DetClassProbabilityMap(SaliencyMethod):
+    algo = "classwisesaliencymap"
+    task = "detection"
+    title = "DetClassProbabilityMap"
+    class_wise = True
+
+    def check(self, target: DetectorHeads) -> None:
+        super().check(target)
+        if self.options.det_score not in DET_SCORES:
+            raise XaiGraphError(f"unknown detection score {self.options.det_score!r}; choose one of "
+                                f"{', '.join(DET_SCORES)}")
+        if self.options.top_k is not None:
+            raise XaiGraphError("top-k maps are not available for detectors yet")
+
+    def map_size(self, target: DetectorHeads) -> tuple:
+        if self.options.map_size is not None:
+            return self.options.map_size
+        middle = target.middle.value
+        return static_dim(middle, 2), static_dim(middle, 3)
+
+    def output_dims(self, target: DetectorHeads) -> list:
+        height, width = self.map_size(target)
+        return [known_dim(target.middle.value.shape[0]), target.num_classes, height, width]
+
+    def build(self, b: GraphBuilder, target: DetectorHeads) -> Saliency:
+        k = target.num_classes
+        height, width = self.map_size(target)
+        if height is None or width is None:  # a dynamic middle level: its run-time size
+            height, width = b.dim(target.middle.value, 2), b.dim(target.middle.value, 3)
+        per_level = []
+        for level in target.levels:
+            x = level.value
+            h, w = b.dim(x, 2), b.dim(x, 3)
+            scores = b.reduce("ReduceMax", b.reshape(x, 0, level.anchors, k, h, w), [1], keepdims=False)
+            if (static_dim(x, 2), static_dim(x, 3)) != (height, width):
+                scores = b.resize_bilinear(scores, height, width)
+            per_level.append(scores)
+        total = per_level[0]
+        for scores in per_level[1:]:
+            total = b.op("Add", total, scores)
+        mean = b.op("Mul", total, b.scalar(1.0 / len(per_level)))  # [B, K, h, w]
+        if self.options.det_score == "softmax" and k > 1:
+            mean = b.softmax(mean, axis=1, rank=4)
+        elif self.options.det_score == "sigmoid":
+            mean = b.op("Sigmoid", mean)
+        return Saliency(mean)
