@@ -71,6 +71,9 @@ def main():
 @click.option("--det-score", type=click.Choice(["softmax", "sigmoid", "none"]), default="softmax", show_default=True,
               help="Detectors: how DetClassProbabilityMap turns the averaged scores into probabilities.")
 @click.option("--map-size", metavar="HxW", help="Detectors: map size [default: the middle level's].")
+@click.option("--background", type=click.Choice(["auto", "first", "last", "none"]), default="auto", show_default=True,
+              help="Detectors: the background channel of softmax heads, dropped from the maps (auto: last for "
+                   "softmax heads, as OTX/mmdet; none for sigmoid heads).")
 @click.option("--raw", is_flag=True, help="Keep the map as float32 instead of uint8 0..255.")
 @click.option("--feature-vector", is_flag=True, help="Also output feature_vector [B, C].")
 @click.option("--replace", is_flag=True, help="Rebuild the head of a model that already has saliency_map.")
@@ -81,7 +84,7 @@ def main():
 @click.option("--bgr/--rgb", default=None, help="Record that the model takes BGR (or RGB) input.")
 @click.option("--resize", type=click.Choice(RESIZE_TYPES), help="Record the resize the model expects.")
 def insert(model, algo, output, target_layer, mask, score, class_maps, brute_force, heads, num_anchors, num_classes,
-           det_score, map_size, raw, feature_vector, replace, labels, mean, std, bgr, resize):
+           det_score, map_size, background, raw, feature_vector, replace, labels, mean, std, bgr, resize):
     """Insert a saliency head into MODEL (.onnx)."""
     output = output or model.with_name(model.stem + "_xai.onnx")
     start = time.perf_counter()
@@ -93,6 +96,7 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
                               brute_force=brute_force, metadata=preprocessing if len(preprocessing) > 1 else None,
                               heads=list(heads) or None, num_anchors=_ints(num_anchors, "--num-anchors"),
                               num_classes=num_classes, det_score=det_score, map_size=_hw(map_size),
+                              background=background,
                               check=False)  # save_model checks the written file
     xai_graph.save_model(result, output)
     saliency = next(o for o in result.graph.outputs if o.name == "saliency_map")
@@ -250,8 +254,10 @@ def bench(model, algos, runtime, batches, threads, rounds, size, class_maps, as_
     except ValueError:
         raise click.BadParameter(f"{batches!r}: expected comma-separated integers", param_hint="--batch") from None
     runtimes = list(RUNTIMES) if runtime == "both" else [runtime]
-    rows = benchmark(model, list(algos) or xai_graph.algorithms(), runtimes, batch_sizes, size=_size(size),
-                     threads=threads, rounds=rounds, top_k=_top_k(class_maps))
+    rows, skipped = benchmark(model, list(algos) or xai_graph.algorithms(), runtimes, batch_sizes, size=_size(size),
+                              threads=threads, rounds=rounds, top_k=_top_k(class_maps))
+    for algo, reason in skipped.items():
+        click.echo(f"skipped {algo}: {reason}", err=True)
     click.echo(json.dumps([r.to_dict() for r in rows], indent=2) if as_json else format_table(rows))
 
 

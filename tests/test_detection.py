@@ -42,6 +42,29 @@ class RetinaNetLike(nn.Module):
         return torch.sigmoid(torch.cat(scores, 1)), torch.cat(boxes, 1)
 
 
+class SSDLike(nn.Module):
+    """Softmax head with a background channel: A = 2 anchors, 3 classes + background (last), 2 levels."""
+
+    anchors, classes = 2, 3 + 1
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 4, 1), nn.ReLU())
+        self.down = nn.ModuleList([nn.Conv2d(8, 8, 3, 2, 1) for _ in range(2)])
+        self.cls = nn.ModuleList([nn.Conv2d(8, self.anchors * self.classes, 3, 1, 1) for _ in range(2)])
+        self.box = nn.ModuleList([nn.Conv2d(8, self.anchors * 4, 3, 1, 1) for _ in range(2)])
+
+    def forward(self, x):
+        x = self.stem(x)
+        scores, boxes = [], []
+        for down, cls, box in zip(self.down, self.cls, self.box):
+            x = torch.relu(down(x))
+            scores.append(cls(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1, self.classes))
+            boxes.append(box(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1, 4))
+        return torch.softmax(torch.cat(scores, 1), dim=-1), torch.cat(boxes, 1)
+
+
 def det_class_probability_map(levels: list[np.ndarray], anchors: list[int], k: int, size: tuple[int, int],
                               score: str = "softmax") -> np.ndarray:
     """OTX's DetClassProbabilityMap in numpy: max over anchors, bilinear resize, mean over levels, softmax."""
@@ -59,7 +82,7 @@ def det_class_probability_map(levels: list[np.ndarray], anchors: list[int], k: i
 
 
 def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int, expect_anchors: list[int],
-                    expect_k: int, score: str = "softmax") -> None:
+                    expect_k: int, score: str = "softmax", background: slice = slice(None)) -> None:
     heads = find_class_heads(load_model(path))
     assert heads is not None and len(heads.levels) == expect_levels, heads and heads.reason
     assert [lv.anchors for lv in heads.levels] == expect_anchors and heads.num_classes == expect_k
@@ -67,7 +90,7 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
     probe = reference.with_outputs(path, names, tmp_path / "probe.onnx")
     levels = [open_model(probe)(feeds)[n] for n in names]
     size = levels[len(levels) // 2].shape[2:]
-    expected = det_class_probability_map(levels, expect_anchors, expect_k, size, score)
+    expected = det_class_probability_map(levels, expect_anchors, expect_k, size, score)[:, background]
     raw = xai_graph.save_model(xai_graph.insert(path, raw=True, det_score=score), tmp_path / "raw.onnx")
     u8 = xai_graph.save_model(xai_graph.insert(path, det_score=score), tmp_path / "u8.onnx")
     original = open_model(path)(feeds)
@@ -79,6 +102,25 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
         if runtime == "onnxruntime":
             for name, value in original.items():
                 assert np.array_equal(got_u8[name], value), f"original output {name} changed"
+    # activationmap: the mean over channels of the neck level that feeds the middle class head.
+    assert heads.neck is not None and heads.middle.value.producer() in _descendants(heads.neck)
+    probe = reference.with_outputs(path, [heads.neck.name], tmp_path / "neck.onnx")
+    neck = open_model(probe)(feeds)[heads.neck.name]
+    assert neck.shape[2:] == levels[len(levels) // 2].shape[2:]
+    am = xai_graph.save_model(xai_graph.insert(path, "activationmap", raw=True), tmp_path / "am.onnx")
+    for runtime in ("onnxruntime", "openvino"):
+        reference.assert_close_raw(open_model(am, runtime)(feeds)["saliency_map"], reference.activation_map(neck),
+                                   f"detector activationmap in {runtime}")
+
+
+def _descendants(value) -> set:
+    seen, stack = set(), list(value.consumers())
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(c for out in node.outputs for c in out.consumers())
+    return seen
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
@@ -100,6 +142,25 @@ def test_retinanet_like_sigmoid_head(dynamo, score, tmp_path):
     together = session(feeds)["saliency_map"]
     alone = session({"image": feeds["image"][1:2]})["saliency_map"]
     assert np.abs(alone[0].astype(int) - together[1].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_ssd_like_softmax_head_drops_the_background(dynamo, tmp_path):
+    model = SSDLike().eval()
+    path = tmp_path / "ssd.onnx"
+    x = torch.randn(1, 3, 64, 64)
+    if dynamo:
+        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, input_names=["image"],
+                          output_names=["scores", "boxes"])
+    else:
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=13, input_names=["image"],
+                          output_names=["scores", "boxes"])
+    feeds = {"image": np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)}
+    _check_detector(path, feeds, tmp_path, 2, [2, 2], 4, background=slice(0, 3))  # background last, dropped
+    heads = find_class_heads(load_model(path))
+    assert heads.activation == "Softmax"
+    first = xai_graph.insert(path, raw=True, background="first")
+    assert [d for d in first.graph.outputs if d.name == "saliency_map"][0].shape[1] == 3
 
 
 def test_picodet_layout_detector_on_a_document(tmp_path):

@@ -57,25 +57,28 @@ def _file_size(path: Path) -> int:
 
 
 def prepare_variants(model: Path, algos: list[str], folder: Path, top_k: int | None = None,
-                     brute_force_too: bool = True) -> list[Variant]:
-    """The original model and one instrumented copy per algorithm (and form), with insertion time and growth."""
-    original = Variant("original", model)
-    variants = [original]
+                     brute_force_too: bool = True) -> tuple[list[Variant], dict[str, str]]:
+    """The original model and one instrumented copy per algorithm (and Recipro-CAM form), with insertion
+    time and growth; and the algorithms that do not apply to this model, with the reason."""
+    variants = [Variant("original", model)]
+    skipped: dict[str, str] = {}
     base_size = _file_size(model)
     for algo in algos:
-        forms = [False, True] if algo == "classwisesaliencymap" and brute_force_too else [False]
-        for brute_force in forms:
+        for brute_force in ([False, True] if brute_force_too else [False]):
             start = time.perf_counter()
-            result = insert(model, algo, top_k=top_k if algo == "classwisesaliencymap" else None,
-                            brute_force=brute_force, check=False)  # as `xai-graph insert` does
+            try:
+                result = insert(model, algo, top_k=top_k if algo == "classwisesaliencymap" else None,
+                                brute_force=brute_force, check=False)  # as `xai-graph insert` does
+            except XaiGraphError as exc:
+                skipped[algo] = str(exc)
+                break
             path = save_model(result, folder / f"{algo}{'_cloned' if brute_force else ''}.onnx")
             seconds = time.perf_counter() - start
             form = result.metadata_props["xai_graph.method"].partition("(")[2].rstrip(")")
-            name = f"{algo} ({form})" if form else algo
-            if brute_force and "cloned" in variants[-1].name:
-                continue  # the fused form did not apply: the cloned tail is already measured
-            variants.append(Variant(name, path, seconds, _file_size(path) - base_size))
-    return variants
+            variants.append(Variant(f"{algo} ({form})" if form else algo, path, seconds, _file_size(path) - base_size))
+            if form != "fused":
+                break  # only a fused Recipro-CAM has a second, cloned-tail form to measure beside it
+    return variants, skipped
 
 
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec,
@@ -152,11 +155,13 @@ def measure(variants: list[Variant], runtime: str, batch: int, size: tuple[int, 
 
 def benchmark(model: str | os.PathLike, algos: list[str], runtimes: list[str], batches: list[int],
               size: tuple[int, int] | None = None, threads: int | None = None, rounds: int = 30,
-              top_k: int | None = None) -> list[Measurement]:
+              top_k: int | None = None) -> tuple[list[Measurement], dict[str, str]]:
+    """Measurements for every variant, runtime and batch; and the algorithms skipped, with why."""
     with tempfile.TemporaryDirectory(prefix="xai-graph-bench-") as folder:
-        variants = prepare_variants(Path(model), algos, Path(folder), top_k=top_k)
-        return [row for runtime in runtimes for batch in batches
+        variants, skipped = prepare_variants(Path(model), algos, Path(folder), top_k=top_k)
+        rows = [row for runtime in runtimes for batch in batches
                 for row in measure(variants, runtime, batch, size, threads, rounds)]
+        return rows, skipped
 
 
 def format_table(rows: list[Measurement]) -> str:

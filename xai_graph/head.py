@@ -19,7 +19,7 @@ from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
 from xai_graph.graph.detection import DetectorHeads, find_class_heads
 from xai_graph.graph.targets import find_target
-from xai_graph.methods import MethodOptions, method_for
+from xai_graph.methods import MethodOptions, SaliencyMethod, method_for
 
 SALIENCY_MAP = "saliency_map"
 SALIENCY_CLASSES = "saliency_classes"
@@ -47,6 +47,7 @@ def insert(
     num_classes: int | None = None,
     det_score: str = "softmax",
     map_size: tuple[int, int] | None = None,
+    background: str = "auto",
 ) -> ir.Model:
     """Return a copy of `model` with a `saliency_map` output (and `feature_vector` on request).
 
@@ -72,7 +73,7 @@ def insert(
             raise XaiGraphError("the model already has a saliency_map output; pass --replace to rebuild it")
         remove_head(model)
     options = MethodOptions(mask=mask, score=score, top_k=top_k, brute_force=brute_force, det_score=det_score,
-                            map_size=map_size)
+                            map_size=map_size, background=background)
     detector = None if target_layer else find_class_heads(model, heads, num_anchors, num_classes)
     task = "detection" if detector is not None else "classification"
     method = method_for(algo, task)(options)
@@ -98,14 +99,15 @@ def insert(
         "xai_graph.algorithm": algo,
         "xai_graph.method": method.title + (f" ({built.form})" if built.form else ""),
         "xai_graph.task": task,
-        **(_detection_metadata(target) if detector is not None else {
+        **(_detection_metadata(target, method) if detector is not None else {
             "xai_graph.target": target.value.name,
             "xai_graph.scores": target.scores.name,
             "xai_graph.scores_activation": target.final_activation or "none",
         }),
         "xai_graph.options": json.dumps({"mask": mask, "score": score, "raw": raw, "top_k": top_k,
                                          "brute_force": brute_force, "feature_vector": feature_vector,
-                                         **({"det_score": det_score} if detector is not None else {})},
+                                         **({"det_score": det_score, "background": background}
+                                            if detector is not None else {})},
                                         sort_keys=True),
     })
     _drop_unused_constants(graph)
@@ -120,9 +122,10 @@ def _drop_unused_constants(graph: ir.Graph) -> None:
         graph.initializers.pop(name)
 
 
-def _detection_metadata(heads: DetectorHeads) -> dict[str, str]:
+def _detection_metadata(heads: DetectorHeads, method: SaliencyMethod) -> dict[str, str]:
+    explained = [heads.neck] if method.algo == "activationmap" else [level.value for level in heads.levels]
     return {
-        "xai_graph.target": ",".join(level.value.name for level in heads.levels),
+        "xai_graph.target": ",".join(v.name for v in explained),
         "xai_graph.num_anchors": ",".join(str(level.anchors) for level in heads.levels),
         "xai_graph.num_classes": str(heads.num_classes),
         "xai_graph.scores": ",".join(o.name for o in heads.outputs),

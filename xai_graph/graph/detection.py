@@ -44,6 +44,7 @@ class DetectorHeads:
     activation: str | None  # the score activation the outputs apply (Sigmoid or Softmax), if any
     outputs: list[ir.Value] = field(default_factory=list)  # graph outputs the class maps reach
     reason: str = ""
+    neck: ir.Value | None = None  # the neck feature feeding the middle level (activationmap's target)
 
     @property
     def middle(self) -> Level:
@@ -108,7 +109,12 @@ def find_class_heads(model: ir.Model, heads: list[str] | None = None, num_anchor
         anchors = anchors * len(levels)
     if len(anchors) != len(levels):
         raise XaiGraphError(f"--num-anchors gives {len(anchors)} values for {len(levels)} levels")
-    return DetectorHeads([Level(v, a) for v, a in zip(levels, anchors)], k, activation, outputs, reason)
+    heads = DetectorHeads([Level(v, a) for v, a in zip(levels, anchors)], k, activation, outputs, reason)
+    try:
+        heads.neck = neck_feature(heads, model)
+    except XaiGraphError:
+        heads.neck = None  # only activationmap needs it, and says so
+    return heads
 
 
 def _named(graph: ir.Graph, name: str) -> ir.Value:
@@ -139,3 +145,25 @@ def _anchors(value: ir.Value, k: int) -> int:
         raise XaiGraphError(f"class map '{value.name}' has {channels} channels, not a multiple of {k} classes; "
                             "pass --num-classes or --num-anchors")
     return channels // k
+
+
+def neck_feature(heads: DetectorHeads, model: ir.Model) -> ir.Value:
+    """The neck's feature map at the middle level: what its class (and box) branch starts from.
+
+    Walking back from the middle class map along data inputs, the first spatial map
+    read by two or more convolutions is where branches part: the class and box towers,
+    or this level's head and the path to the next level. (Counting any two readers
+    would stop inside activations such as hard-swish, written as x * relu6(x + 3) / 6.)
+    """
+    index = GraphIndex(model.graph)
+    value = heads.middle.value
+    for _ in range(256):
+        node = value.producer()
+        inputs = [v for v in node.inputs if v is not None and v in index.data_dependent] if node else []
+        if not inputs:
+            break
+        value = inputs[0]
+        convolutions = {c for c in value.consumers() if c.op_type == "Conv"}
+        if spatial_size(value) is not None and len(convolutions) >= 2:
+            return value
+    raise XaiGraphError(f"no neck feature map found behind '{heads.middle.value.name}'; pass --target-layer")

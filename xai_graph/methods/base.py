@@ -25,6 +25,8 @@ class MethodOptions:
     brute_force: bool = False  # Recipro-CAM: clone the whole tail even where the fused form applies
     det_score: str = "softmax"  # DetClassProbabilityMap: "softmax" over classes, "sigmoid" or "none"
     map_size: tuple[int, int] | None = None  # DetClassProbabilityMap: (h, w); default the middle level's
+    background: str = "auto"  # DetClassProbabilityMap: background channel "first", "last", "none"; auto: last
+    #                           for softmax heads (OTX / mmdet convention), none for sigmoid heads
 
 
 @dataclass

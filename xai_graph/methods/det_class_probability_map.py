@@ -3,7 +3,8 @@
 Per level, the class scores [B, A*K, h_l, w_l] are maxed over the A anchors,
 resized bilinearly to one size (the middle level's by default), averaged over
 levels, and turned into probabilities over classes: softmax (default, as OTX;
-skipped for K = 1), sigmoid, or none.
+skipped for K = 1), sigmoid, or none. Softmax heads (SSD) carry a background
+channel: it takes part in the softmax and is then dropped from the maps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from xai_graph.graph.detection import DetectorHeads
 from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
 
 DET_SCORES = ("softmax", "sigmoid", "none")
+BACKGROUNDS = ("auto", "first", "last", "none")
 
 
 @register_method
@@ -31,6 +33,17 @@ class DetClassProbabilityMap(SaliencyMethod):
                                 f"{', '.join(DET_SCORES)}")
         if self.options.top_k is not None:
             raise XaiGraphError("top-k maps are not available for detectors yet")
+        if self.options.background not in BACKGROUNDS:
+            raise XaiGraphError(f"unknown background {self.options.background!r}; choose one of {', '.join(BACKGROUNDS)}")
+
+    def background(self, target: DetectorHeads) -> str:
+        if self.options.background != "auto":
+            return self.options.background
+        return "last" if target.activation == "Softmax" else "none"
+
+    def classes(self, target: DetectorHeads) -> int:
+        """Rows of the map: the head's channels per anchor, less the background channel."""
+        return target.num_classes - (self.background(target) != "none")
 
     def map_size(self, target: DetectorHeads) -> tuple:
         if self.options.map_size is not None:
@@ -40,7 +53,7 @@ class DetClassProbabilityMap(SaliencyMethod):
 
     def output_dims(self, target: DetectorHeads) -> list:
         height, width = self.map_size(target)
-        return [known_dim(target.middle.value.shape[0]), target.num_classes, height, width]
+        return [known_dim(target.middle.value.shape[0]), self.classes(target), height, width]
 
     def build(self, b: GraphBuilder, target: DetectorHeads) -> Saliency:
         k = target.num_classes
@@ -63,4 +76,8 @@ class DetClassProbabilityMap(SaliencyMethod):
             mean = b.softmax(mean, axis=1, rank=4)
         elif self.options.det_score == "sigmoid":
             mean = b.op("Sigmoid", mean)
+        background = self.background(target)
+        if background != "none":
+            first = 1 if background == "first" else 0
+            mean = b.op("Slice", mean, b.ints([first]), b.ints([first + self.classes(target)]), b.ints([1]))
         return Saliency(mean)
