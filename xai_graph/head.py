@@ -77,7 +77,7 @@ def insert(
     detector = None if target_layer else find_class_heads(model, heads, num_anchors, num_classes)
     task = "detection" if detector is not None else "classification"
     method = method_for(algo, task)(options)
-    target = detector if detector is not None else find_target(model, target_layer)
+    target = detector if detector is not None else find_target(model, target_layer, need_scores=method.class_wise)
     method.check(target)
     if feature_vector and detector is not None:
         raise XaiGraphError("--feature-vector is not available for detectors")
@@ -101,7 +101,7 @@ def insert(
         "xai_graph.task": task,
         **(_detection_metadata(target, method) if detector is not None else {
             "xai_graph.target": target.value.name,
-            "xai_graph.scores": target.scores.name,
+            "xai_graph.scores": target.scores.name if target.scores is not None else "",
             "xai_graph.scores_activation": target.final_activation or "none",
         }),
         "xai_graph.options": json.dumps({"mask": mask, "score": score, "raw": raw, "top_k": top_k,

@@ -37,8 +37,8 @@ class Target:
     """Where the head attaches: the map F, and the class scores it explains."""
 
     value: ir.Value  # F, [B, C, h, w]
-    scores: ir.Value  # the model's class-score output, [B, K]
-    logits: ir.Value  # the scores before a final Softmax/Sigmoid
+    scores: ir.Value | None  # the model's class-score output, [B, K] (None: a named map in a model without one)
+    logits: ir.Value | None  # the scores before a final Softmax/Sigmoid
     final_activation: str | None  # op type stripped between logits and scores
     reason: str
     tail: list[ir.Node] = field(default_factory=list)  # nodes from F to logits
@@ -47,7 +47,7 @@ class Target:
 
     @property
     def num_classes(self) -> int | None:
-        k = self.logits.shape[-1] if self.logits.shape is not None else None
+        k = self.logits.shape[-1] if self.logits is not None and self.logits.shape is not None else None
         return k if isinstance(k, int) and k > 0 else None
 
 
@@ -57,7 +57,11 @@ def find_scores(graph: ir.Graph) -> ir.Value:
         if out.shape is not None and len(out.shape) == 2 and out.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, None):
             return out
     shapes = ", ".join(f"{o.name} {shape_text(o)}" for o in graph.outputs)
-    raise XaiGraphError(f"no class-score output of shape [B, K] found among the outputs ({shapes})")
+    raise XaiGraphError(
+        f"no class-score output [B, K] among the outputs ({shapes}), and no single-stage detector class maps "
+        "(spatial maps reaching an output through Reshape/Transpose/Concat/Split/Slice and a Sigmoid or Softmax); "
+        "for a detector (two-stage included) name the class maps with --head, or explain a feature map with "
+        "--algo activationmap --target-layer NAME")
 
 
 def strip_score_activation(scores: ir.Value) -> tuple[ir.Value, str | None]:
@@ -99,10 +103,19 @@ def _has_spatial_extent(value: ir.Value) -> bool:
     return size is not None and size != (1, 1)
 
 
-def find_target(model: ir.Model, target_layer: str | None = None) -> Target:
+def find_target(model: ir.Model, target_layer: str | None = None, need_scores: bool = True) -> Target:
+    """The map to explain; `need_scores=False` (class-agnostic methods) accepts a named map in any model."""
     graph = model.graph
     index = GraphIndex(graph)
-    scores = find_scores(graph)
+    try:
+        scores = find_scores(graph)
+    except XaiGraphError:
+        if need_scores or target_layer is None:
+            raise
+        value = _named_value(graph, target_layer)
+        if value is None or spatial_size(value) is None:
+            raise XaiGraphError(f"--target-layer {target_layer!r} is not a [B, C, h, w] map of the model") from None
+        return Target(value, None, None, None, "named with --target-layer")
     logits, activation = strip_score_activation(scores)
     ancestors = index.ancestors(logits)
 

@@ -63,7 +63,9 @@ class DetClassProbabilityMap(SaliencyMethod):
         per_level = []
         for level in target.levels:
             x = level.value
-            h, w = b.dim(x, 2), b.dim(x, 3)
+            if level.channels is not None:  # class channels cut out of a conv shared with boxes (YOLOv8)
+                x = b.op("Slice", x, b.ints([level.channels[0]]), b.ints([level.channels[1]]), b.ints([1]))
+            h, w = b.dim(level.value, 2), b.dim(level.value, 3)
             scores = b.reduce("ReduceMax", b.reshape(x, 0, level.anchors, k, h, w), [1], keepdims=False)
             if (static_dim(x, 2), static_dim(x, 3)) != (height, width):
                 scores = b.resize_bilinear(scores, height, width)
