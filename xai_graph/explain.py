@@ -21,8 +21,9 @@ import onnx_ir as ir
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.io import load_model, save_model
+from xai_graph.graph.detection import find_class_heads
 from xai_graph.graph.targets import find_scores
-from xai_graph.head import SALIENCY_CLASSES, SALIENCY_MAP, insert
+from xai_graph.head import DETECTION_CLASS_SCORES, SALIENCY_CLASSES, SALIENCY_MAP, insert
 from xai_graph.methods import method_for
 from xai_graph.preprocess import Placement, Preprocessing, read_model_info
 from xai_graph.runtime import RUNTIMES, open_model
@@ -83,16 +84,16 @@ class Explainer:
         head_top_k = max(5, top_k) if classes == "predicted" else None
         graph_model, self.model_path, self.instrumented_here = self._instrumented(self.source, algo, raw, head_top_k)
         self.metadata = dict(graph_model.metadata_props)
-        if self.metadata.get("xai_graph.task") == "detection":
-            raise XaiGraphError("explain does not handle detectors yet; run the instrumented model directly "
-                                "(its saliency_map output is DetClassProbabilityMap)")
         self.info = read_model_info(self.metadata)
         self.algo = self.metadata.get("xai_graph.algorithm", algo or "?")
         self.session = open_model(self.model_path, runtime, **({"device": device} if runtime == "openvino" else {}),
                                   **({"threads": threads} if threads else {}))
         self.input_name = self.session.input_names[0]
+        self.task = self.metadata.get("xai_graph.task", "classification")
         self.scores_name = self.metadata.get("xai_graph.scores") or self.session.output_names[0]
         self.scores_activation = self.metadata.get("xai_graph.scores_activation", "none")
+        if self.task == "detection":  # per-class best detection scores: probabilities, several classes at once
+            self.scores_name, self.scores_activation = DETECTION_CLASS_SCORES, "Sigmoid"
         self.preprocessing, self.max_batch = self._preprocessing(graph_model, size, preprocessing)
         self.class_selection = classes
         self.top_k = top_k
@@ -111,10 +112,13 @@ class Explainer:
                                     "re-insert it with `xai-graph insert --replace`")
             return model, source, False
         algo = algo or "classwisesaliencymap"
-        class_wise = method_for(algo, "classification").class_wise
-        num_classes = known_dim(find_scores(model.graph).shape[-1])
-        if not class_wise or (num_classes is not None and top_k is not None and top_k >= num_classes):
-            top_k = None
+        if find_class_heads(model) is not None:
+            top_k = None  # detectors: maps for every class (top-k heads are for classifiers)
+        else:
+            class_wise = method_for(algo, "classification").class_wise
+            num_classes = known_dim(find_scores(model.graph).shape[-1])
+            if not class_wise or (num_classes is not None and top_k is not None and top_k >= num_classes):
+                top_k = None
         model = insert(model, algo, raw=raw, top_k=top_k)
         folder = Path(tempfile.mkdtemp(prefix="xai-graph-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
@@ -165,8 +169,10 @@ class Explainer:
                 batch = np.concatenate([batch, np.repeat(batch[-1:], self.max_batch - len(chunk), axis=0)])
             outputs = self.session({self.input_name: batch})
             classes = outputs.get(SALIENCY_CLASSES, [None] * len(chunk))
-            results += [ModelOutput(*parts) for parts in zip(outputs[self.scores_name][:len(chunk)],
-                                                             outputs[SALIENCY_MAP][:len(chunk)], classes)]
+            # A detector explained with activationmap has no class scores: no predictions, one map.
+            scores = outputs.get(self.scores_name, np.zeros((len(chunk), 0), np.float32))
+            results += [ModelOutput(*parts) for parts in zip(scores[:len(chunk)], outputs[SALIENCY_MAP][:len(chunk)],
+                                                             classes)]
         return results
 
     def explain(self, images: list[np.ndarray]) -> list[Explanation]:

@@ -24,7 +24,8 @@ from xai_graph.methods import MethodOptions, SaliencyMethod, method_for
 SALIENCY_MAP = "saliency_map"
 SALIENCY_CLASSES = "saliency_classes"
 FEATURE_VECTOR = "feature_vector"
-HEAD_OUTPUTS = (SALIENCY_MAP, SALIENCY_CLASSES, FEATURE_VECTOR)
+DETECTION_CLASS_SCORES = "detection_class_scores"
+HEAD_OUTPUTS = (SALIENCY_MAP, SALIENCY_CLASSES, FEATURE_VECTOR, DETECTION_CLASS_SCORES)
 _EPSILON = 1e-12
 
 
@@ -89,6 +90,8 @@ def insert(
     _add_output(graph, saliency, SALIENCY_MAP, ir.DataType.FLOAT if raw else ir.DataType.UINT8, map_dims)
     if built.classes is not None:
         _add_output(graph, built.classes, SALIENCY_CLASSES, ir.DataType.INT64, [map_dims[0], top_k])
+    if built.class_scores is not None:
+        _add_output(graph, built.class_scores, DETECTION_CLASS_SCORES, ir.DataType.FLOAT, map_dims[:2])
     if feature_vector:
         _add_output(graph, builder.reduce("ReduceMean", target.value, [2, 3], keepdims=False), FEATURE_VECTOR,
                     ir.DataType.FLOAT, _dims(target.value, [0, 1]))

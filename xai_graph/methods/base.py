@@ -36,6 +36,7 @@ class Saliency:
     map: ir.Value
     classes: ir.Value | None = None
     form: str = ""  # how it was computed, recorded in the metadata (e.g. "fused", "cloned tail")
+    class_scores: ir.Value | None = None  # detectors: each class's best score over all positions, [B, K]
 
 
 class SaliencyMethod:

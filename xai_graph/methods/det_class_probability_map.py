@@ -5,6 +5,10 @@ resized bilinearly to one size (the middle level's by default), averaged over
 levels, and turned into probabilities over classes: softmax (default, as OTX;
 skipped for K = 1), sigmoid, or none. Softmax heads (SSD) carry a background
 channel: it takes part in the softmax and is then dropped from the maps.
+
+Beside the maps the head outputs `detection_class_scores [B, K]`: each class's best
+score over every level, position and anchor, with the detector's own activation,
+which is what `explain` ranks and selects classes by.
 """
 
 from __future__ import annotations
@@ -60,16 +64,18 @@ class DetClassProbabilityMap(SaliencyMethod):
         height, width = self.map_size(target)
         if height is None or width is None:  # a dynamic middle level: its run-time size
             height, width = b.dim(target.middle.value, 2), b.dim(target.middle.value, 3)
-        per_level = []
+        per_level, best_per_level = [], []
         for level in target.levels:
             x = level.value
             if level.channels is not None:  # class channels cut out of a conv shared with boxes (YOLOv8)
                 x = b.op("Slice", x, b.ints([level.channels[0]]), b.ints([level.channels[1]]), b.ints([1]))
             h, w = b.dim(level.value, 2), b.dim(level.value, 3)
-            scores = b.reduce("ReduceMax", b.reshape(x, 0, level.anchors, k, h, w), [1], keepdims=False)
-            if (static_dim(x, 2), static_dim(x, 3)) != (height, width):
+            grouped = b.reshape(x, 0, level.anchors, k, h, w)
+            scores = b.reduce("ReduceMax", grouped, [1], keepdims=False)
+            if (static_dim(level.value, 2), static_dim(level.value, 3)) != (height, width):
                 scores = b.resize_bilinear(scores, height, width)
             per_level.append(scores)
+            best_per_level.append(self._best_scores(b, target, grouped))
         total = per_level[0]
         for scores in per_level[1:]:
             total = b.op("Add", total, scores)
@@ -78,8 +84,20 @@ class DetClassProbabilityMap(SaliencyMethod):
             mean = b.softmax(mean, axis=1, rank=4)
         elif self.options.det_score == "sigmoid":
             mean = b.op("Sigmoid", mean)
+        best = best_per_level[0] if len(best_per_level) == 1 else b.op("Max", *best_per_level)
+        if target.activation == "Sigmoid":
+            best = b.op("Sigmoid", best)  # monotonic: the sigmoid of the best logit is the best probability
+        return Saliency(self._without_background(b, target, mean), class_scores=self._without_background(b, target, best))
+
+    def _best_scores(self, b: GraphBuilder, target: DetectorHeads, grouped) -> object:
+        """[B, K]: the best score of each class at one level, over anchors and positions."""
+        if target.activation == "Softmax":  # probabilities exist per position only
+            grouped = b.softmax(grouped, axis=2, rank=5)
+        return b.reduce("ReduceMax", grouped, [1, 3, 4], keepdims=False)
+
+    def _without_background(self, b: GraphBuilder, target: DetectorHeads, x):
         background = self.background(target)
-        if background != "none":
-            first = 1 if background == "first" else 0
-            mean = b.op("Slice", mean, b.ints([first]), b.ints([first + self.classes(target)]), b.ints([1]))
-        return Saliency(mean)
+        if background == "none":
+            return x
+        first = 1 if background == "first" else 0
+        return b.op("Slice", x, b.ints([first]), b.ints([first + self.classes(target)]), b.ints([1]))
