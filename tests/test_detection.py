@@ -23,11 +23,11 @@ class RetinaNetLike(nn.Module):
 
     anchors, classes = 3, 4
 
-    def __init__(self):
+    def __init__(self, levels: int = 3):
         super().__init__()
         torch.manual_seed(0)
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1), nn.ReLU())
-        self.down = nn.ModuleList([nn.Conv2d(16, 16, 3, 2, 1) for _ in range(3)])
+        self.down = nn.ModuleList([nn.Conv2d(16, 16, 3, 2, 1) for _ in range(levels)])
         self.cls = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, self.anchors * self.classes, 3, 1, 1))
         self.box = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, self.anchors * 4, 3, 1, 1))
 
@@ -210,6 +210,15 @@ def test_retinanet_like_sigmoid_head(dynamo, score, tmp_path):
     together = session(feeds)["saliency_map"]
     alone = session({"image": feeds["image"][1:2]})["saliency_map"]
     assert np.abs(alone[0].astype(int) - together[1].astype(int)).max() <= 1
+
+
+def test_five_levels_down_to_one_pixel(tmp_path):
+    model = RetinaNetLike(levels=5).eval()
+    path = tmp_path / "retina5.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 128, 128),), str(path), dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["scores", "boxes"])
+    feeds = {"image": np.random.default_rng(5).standard_normal((1, 3, 128, 128)).astype(np.float32)}
+    _check_detector(path, feeds, tmp_path, 5, [3] * 5, 4)  # levels 16x16 ... 1x1
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])

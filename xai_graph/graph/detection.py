@@ -74,7 +74,7 @@ def _walk_back(output: ir.Value, index: GraphIndex) -> dict[ir.Value, tuple[str 
         size = spatial_size(value)
         node = value.producer()
         computed = node is None or node.op_type not in _PASSIVE or node.op_type in _CUTS
-        if size is not None and size != (1, 1) and value in index.data_dependent and computed:
+        if size is not None and value in index.data_dependent and computed:
             roots.setdefault(value, (activation, window))  # the branch's conv, or the class part cut out of it
             continue
         if node is None or node.op_type not in _PASSIVE:
