@@ -202,12 +202,14 @@ def _size(text: str | None) -> tuple[int, int] | None:
 @click.option("--std", help="Scale per channel: input = (pixel - mean) / std.")
 @click.option("--bgr/--rgb", default=None, help="Channel order the model takes.")
 @click.option("--resize", type=click.Choice(RESIZE_TYPES), help="How images are fitted to the input.")
+@click.option("--box-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Detectors with final detections: the score from which boxes are drawn and their classes rendered.")
 @click.option("--image-format", type=click.Choice(IMAGE_FORMATS), default="png", show_default=True,
               help="Format of the maps and overlays (jpg encodes several times faster).")
 @click.option("--overwrite", is_flag=True, help="Replace files of an earlier run instead of adding new names.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def explain(model, inputs, outdir, runtime, device, algo, classes, top_k, overlay_alpha, raw, batch_size, size,
-            mean, std, bgr, resize, image_format, overwrite, quiet):
+            mean, std, bgr, resize, box_threshold, image_format, overwrite, quiet):
     """Explain images with MODEL: a saliency map and an overlay per image and class, predictions.json and
     index.html in OUTDIR. Exit code 3 when some images failed (they are listed in predictions.json)."""
     paths = find_images(list(inputs))
@@ -216,7 +218,7 @@ def explain(model, inputs, outdir, runtime, device, algo, classes, top_k, overla
     overrides = {"mean": parse_triple(mean) if mean else None, "scale": parse_triple(std) if std else None,
                  "rgb": None if bgr is None else not bgr, "resize": resize}
     with Explainer(model, runtime=runtime, device=device, algo=algo, classes=classes, top_k=top_k, raw=raw,
-                   size=_size(size), **overrides) as explainer:
+                   size=_size(size), box_threshold=box_threshold, **overrides) as explainer:
         if explainer.instrumented_here:
             click.echo(f"{model} has no saliency_map: instrumented on the fly with {explainer.algo}", err=True)
         writer = ResultWriter(outdir, overwrite=overwrite, alpha=overlay_alpha, raw=raw, image_format=image_format)

@@ -368,3 +368,51 @@ def test_explain_a_detector_on_a_document(tmp_path):
     red = title_map[:, :, 2].astype(int) - title_map[:, :, 0].astype(int)  # JET: red - blue
     y, _ = np.unravel_index(np.argmax(red), red.shape)
     assert y < 0.2 * red.shape[0], f"the title map peaks at row {y} of {red.shape[0]}"
+
+
+class RetinaNetWithDetections(RetinaNetLike):
+    """Also outputs final detections [B, 5, 6] (x1, y1, x2, y2, score, label): the best 5 anchors, in-graph."""
+
+    def forward(self, x):
+        scores, raw_boxes = super().forward(x)
+        corners = torch.sigmoid(raw_boxes) * x.shape[-1]  # boxes in input pixels
+        boxes = torch.cat([torch.minimum(corners[..., :2], corners[..., 2:]),
+                           torch.maximum(corners[..., :2], corners[..., 2:])], -1)
+        best, label = scores.max(-1)
+        top, index = best.topk(5, dim=1)
+        picked = torch.gather(boxes, 1, index.unsqueeze(-1).expand(-1, -1, 4))
+        detections = torch.cat([picked, top.unsqueeze(-1), torch.gather(label, 1, index).unsqueeze(-1).float()], -1)
+        return scores, raw_boxes, detections
+
+
+def test_explain_draws_final_detections(tmp_path):
+    import json
+
+    from test_cli import xai_graph_cli
+
+    path = tmp_path / "det.onnx"
+    torch.onnx.export(RetinaNetWithDetections().eval(), (torch.zeros(1, 3, 128, 128),), str(path), dynamo=False,
+                      opset_version=17, input_names=["image"], output_names=["scores", "boxes", "detections"],
+                      dynamic_axes={"image": {0: "b"}})
+    image = (np.random.default_rng(7).random((256, 256, 3)) * 255).astype(np.uint8)  # 2x the input size
+    cv2.imwrite(str(tmp_path / "photo.png"), image)
+    out = tmp_path / "out"
+    result = xai_graph_cli("explain", path, "-i", tmp_path / "photo.png", "-o", out, "--box-threshold", "0")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "predictions.json").read_text())["images"][0]
+    x = cv2.resize(image[:, :, ::-1], (128, 128), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    expected = open_model(path)({"image": x.transpose(2, 0, 1)[None]})["detections"][0]
+    got = record["detections"]
+    assert len(got) == 5
+    for d in got:  # each box, mapped back onto the 256 x 256 image, is the model's box x 2
+        row = min(expected, key=lambda r: abs(r[4] - d["score"]))
+        np.testing.assert_allclose(d["box"], row[:4] * 2, atol=1e-3)
+        assert d["class_id"] == int(row[5])
+    # The detected classes are the ones rendered, and each overlay carries its boxes.
+    assert sorted(c["id"] for c in record["explained"]) == sorted({d["class_id"] for d in got})
+    first = got[0]
+    overlay_file = next(f for f in record["files"] if f.endswith("_overlay.png") and f"_{first['label']}_" in f)
+    drawn = cv2.imread(str(out / overlay_file))
+    x1, y1, x2, y2 = (int(round(v)) for v in first["box"])
+    border = np.concatenate([drawn[y1, x1:x2 + 1], drawn[y2, x1:x2 + 1], drawn[y1:y2 + 1, x1], drawn[y1:y2 + 1, x2]])
+    assert (border == 255).all(axis=1).mean() > 0.5, "the box outline is drawn in white"

@@ -21,6 +21,7 @@ import onnx_ir as ir
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.io import load_model, save_model
+from xai_graph.detections import Detection, find_layout, read_detections, to_image
 from xai_graph.graph.detection import find_class_heads
 from xai_graph.graph.targets import find_scores
 from xai_graph.head import DETECTION_CLASS_SCORES, SALIENCY_CLASSES, SALIENCY_MAP, insert
@@ -29,6 +30,7 @@ from xai_graph.preprocess import Placement, Preprocessing, read_model_info
 from xai_graph.runtime import RUNTIMES, open_model
 
 MULTILABEL_THRESHOLD = 0.5
+_INTEGER_TYPES = {ir.DataType.INT64, ir.DataType.INT32, ir.DataType.INT16, ir.DataType.INT8, ir.DataType.UINT8}
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Explanation:
     placement: Placement
     image_shape: tuple[int, ...]
     map_classes: list[int] | None = None  # top-k heads: the class of each row of `saliency`
+    detections: list[Detection] | None = None  # detectors with final detections in their outputs
 
     @property
     def class_wise(self) -> bool:
@@ -64,6 +67,7 @@ class ModelOutput(NamedTuple):
     scores: np.ndarray
     saliency: np.ndarray
     map_classes: np.ndarray | None  # top-k heads only
+    detections: np.ndarray | None = None  # [M, 6] x1 y1 x2 y2 score class, model-input pixels
 
 
 class Explainer:
@@ -75,7 +79,8 @@ class Explainer:
 
     def __init__(self, model: str | os.PathLike, runtime: str = "onnxruntime", device: str = "CPU",
                  algo: str | None = None, classes: str = "predicted", top_k: int = 5, raw: bool = False,
-                 size: tuple[int, int] | None = None, threads: int | None = None, **preprocessing):
+                 size: tuple[int, int] | None = None, threads: int | None = None,
+                 box_threshold: float = 0.5, **preprocessing):
         if runtime not in RUNTIMES:
             raise XaiGraphError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.source = Path(model)
@@ -94,6 +99,10 @@ class Explainer:
         self.scores_activation = self.metadata.get("xai_graph.scores_activation", "none")
         if self.task == "detection":  # per-class best detection scores: probabilities, several classes at once
             self.scores_name, self.scores_activation = DETECTION_CLASS_SCORES, "Sigmoid"
+        self.box_threshold = box_threshold
+        self.detection_layout = find_layout({
+            o.name: (tuple(known_dim(d) if isinstance(known_dim(d), int) else -1 for d in o.shape or ()),
+                     o.dtype in _INTEGER_TYPES) for o in graph_model.graph.outputs}) if self.task == "detection" else None
         self.preprocessing, self.max_batch = self._preprocessing(graph_model, size, preprocessing)
         self.class_selection = classes
         self.top_k = top_k
@@ -171,8 +180,10 @@ class Explainer:
             classes = outputs.get(SALIENCY_CLASSES, [None] * len(chunk))
             # A detector explained with activationmap has no class scores: no predictions, one map.
             scores = outputs.get(self.scores_name, np.zeros((len(chunk), 0), np.float32))
+            detections = [read_detections(outputs, self.detection_layout, i) if self.detection_layout else None
+                          for i in range(len(chunk))]
             results += [ModelOutput(*parts) for parts in zip(scores[:len(chunk)], outputs[SALIENCY_MAP][:len(chunk)],
-                                                             classes)]
+                                                             classes, detections)]
         return results
 
     def explain(self, images: list[np.ndarray]) -> list[Explanation]:
@@ -188,12 +199,17 @@ class Explainer:
         top = [as_class(i) for i in order[:self.top_k]]
         selected = []
         map_classes = None if output.map_classes is None else [int(c) for c in output.map_classes]
+        detections = None
+        if output.detections is not None:
+            detections = to_image(output.detections, placement, self.box_threshold, self.label)
         if output.saliency.ndim == 3:
             chosen = self.select_classes(probabilities, order)
+            if detections and self.class_selection == "predicted":  # the classes that were detected
+                chosen = list(dict.fromkeys(d.class_id for d in detections))
             if map_classes is not None:  # a top-k head has maps for its k classes only
                 chosen = map_classes if self.class_selection == "all" else [c for c in chosen if c in map_classes]
             selected = [as_class(i) for i in chosen]
-        return Explanation(top, selected, output.saliency, placement, tuple(image_shape), map_classes)
+        return Explanation(top, selected, output.saliency, placement, tuple(image_shape), map_classes, detections)
 
     @property
     def multilabel(self) -> bool:

@@ -118,10 +118,15 @@ class ResultWriter:
             colored = colorize(to_uint8(resized))
             colored[~inside] = 0
             files.append(self._write_image(f"{stem}{_part(class_id, label)}_saliency_map.{self.ext}", colored))
-            files.append(self._write_image(f"{stem}{_part(class_id, label)}_overlay.{self.ext}",
-                                         overlay(shown, colored, self.alpha, inside)))
+            blended = overlay(shown, colored, self.alpha, inside)
+            if explanation.detections:
+                draw_detections(blended, [d for d in explanation.detections if class_id is None or d.class_id == class_id],
+                                size[0] / image.shape[1])
+            files.append(self._write_image(f"{stem}{_part(class_id, label)}_overlay.{self.ext}", blended))
         record = {"image": str(image_path), "top": [vars(c) for c in explanation.top],
                   "explained": [vars(c) for c in explanation.selected], "files": files, "error": None}
+        if explanation.detections is not None:
+            record["detections"] = [vars(d) for d in explanation.detections]
         with self._lock:
             self.records[str(image_path)] = record
         return record
@@ -153,6 +158,23 @@ class ResultWriter:
             f.write(data)
         os.replace(tmp, self.root / name)
         return self.root / name
+
+
+BOX_COLOUR = (255, 255, 255)  # BGR: white, with a black outline, readable over any JET colour
+
+
+def draw_detections(image: np.ndarray, detections: list, scale: float) -> None:
+    """Boxes (image pixels, scaled to the rendered size) with their label and score, drawn in place.
+
+    The best detection is drawn last, so that it stays on top where boxes overlap.
+    """
+    for d in sorted(detections, key=lambda d: d.score):
+        x1, y1, x2, y2 = (int(round(v * scale)) for v in d.box)
+        cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 0), 3)
+        cv2.rectangle(image, (x1, y1), (x2, y2), BOX_COLOUR, 1)
+        text = f"{d.label} {d.score:.2f}"
+        cv2.putText(image, text, (x1 + 2, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3)
+        cv2.putText(image, text, (x1 + 2, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, BOX_COLOUR, 1)
 
 
 def _part(class_id: int | None, label: str | None) -> str:
