@@ -416,3 +416,22 @@ def test_explain_draws_final_detections(tmp_path):
     x1, y1, x2, y2 = (int(round(v)) for v in first["box"])
     border = np.concatenate([drawn[y1, x1:x2 + 1], drawn[y2, x1:x2 + 1], drawn[y1:y2 + 1, x1], drawn[y1:y2 + 1, x2]])
     assert (border == 255).all(axis=1).mean() > 0.5, "the box outline is drawn in white"
+
+
+def test_detection_output_layouts():
+    from xai_graph.detections import find_layout, read_detections, to_image
+    from xai_graph.preprocess import Placement
+
+    otx = find_layout({"boxes": ((2, 3, 5), False), "labels": ((2, 3), True), "feature": ((2, 8), False)})
+    assert (otx.boxes, otx.scores, otx.labels, otx.batched) == ("boxes", None, "labels", True)
+    boxes = np.array([[[1, 2, 3, 4, 0.9], [5, 6, 7, 8, 0.2], [0, 0, 1, 1, 0.6]]] * 2, np.float32)
+    labels = np.array([[2, 0, 1]] * 2)
+    rows = read_detections({"boxes": boxes, "labels": labels}, otx, 1)
+    np.testing.assert_allclose(rows[0], [1, 2, 3, 4, 0.9, 2], rtol=1e-6)
+    found = to_image(rows, Placement(0.5, 0.25, 10, 0), 0.5, str)  # input = image / 2 and / 4, shifted by 10
+    assert [(d.class_id, d.box) for d in found] == [(2, (12.0, 8.0, 16.0, 16.0)), (1, (10.0, 0.0, 12.0, 4.0))]
+    tv = find_layout({"boxes": ((-1, 4), False), "scores": ((-1,), False), "labels": ((-1,), True)})
+    assert (tv.boxes, tv.scores, tv.labels, tv.batched) == ("boxes", "scores", "labels", False)
+    rows = read_detections({"boxes": boxes[0, :, :4], "scores": boxes[0, :, 4], "labels": labels[0]}, tv, 0)
+    assert rows.shape == (3, 6) and rows[2, 5] == 1
+    assert find_layout({"scores": ((1, 100, 10), False), "boxes": ((1, 100, 32), False)}) is None
