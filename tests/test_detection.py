@@ -132,8 +132,9 @@ def det_class_probability_map(levels: list[np.ndarray], anchors: list[int], k: i
 
 
 def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int, expect_anchors: list[int],
-                    expect_k: int, score: str = "softmax", background: slice = slice(None)) -> None:
-    heads = find_class_heads(load_model(path))
+                    expect_k: int, score: str = "softmax", background: slice = slice(None),
+                    num_classes: int | None = None) -> None:
+    heads = find_class_heads(load_model(path), num_classes=num_classes)
     assert heads is not None and len(heads.levels) == expect_levels, heads and heads.reason
     assert [lv.anchors for lv in heads.levels] == expect_anchors and heads.num_classes == expect_k
     names = [lv.value.name for lv in heads.levels]
@@ -142,8 +143,9 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
     levels = [x[:, slice(*lv.channels)] if lv.channels else x for x, lv in zip(levels, heads.levels)]
     size = levels[len(levels) // 2].shape[2:]
     expected = det_class_probability_map(levels, expect_anchors, expect_k, size, score)[:, background]
-    raw = xai_graph.save_model(xai_graph.insert(path, raw=True, det_score=score), tmp_path / "raw.onnx")
-    u8 = xai_graph.save_model(xai_graph.insert(path, det_score=score), tmp_path / "u8.onnx")
+    raw = xai_graph.save_model(xai_graph.insert(path, raw=True, det_score=score, num_classes=num_classes),
+                               tmp_path / "raw.onnx")
+    u8 = xai_graph.save_model(xai_graph.insert(path, det_score=score, num_classes=num_classes), tmp_path / "u8.onnx")
     original = open_model(path)(feeds)
     expected_best = _best_class_scores(levels, expect_anchors, expect_k, heads.activation)[:, background]
     for runtime in ("onnxruntime", "openvino"):
@@ -161,7 +163,8 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
     probe = reference.with_outputs(path, [heads.neck.name], tmp_path / "neck.onnx")
     neck = open_model(probe)(feeds)[heads.neck.name]
     assert neck.shape[2:] == levels[len(levels) // 2].shape[2:]
-    am = xai_graph.save_model(xai_graph.insert(path, "activationmap", raw=True), tmp_path / "am.onnx")
+    am = xai_graph.save_model(xai_graph.insert(path, "activationmap", raw=True, num_classes=num_classes),
+                              tmp_path / "am.onnx")
     for runtime in ("onnxruntime", "openvino"):
         reference.assert_close_raw(open_model(am, runtime)(feeds)["saliency_map"], reference.activation_map(neck),
                                    f"detector activationmap in {runtime}")
@@ -435,3 +438,32 @@ def test_detection_output_layouts():
     rows = read_detections({"boxes": boxes[0, :, :4], "scores": boxes[0, :, 4], "labels": labels[0]}, tv, 0)
     assert rows.shape == (3, 6) and rows[2, 5] == 1
     assert find_layout({"scores": ((1, 100, 10), False), "boxes": ((1, 100, 32), False)}) is None
+
+
+class OnlyFinalDetections(nn.Module):
+    """Final detections [B, 5, 6] as the only output: class maps hidden behind ReduceMax, ArgMax, TopK, Gather."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = RetinaNetLike()
+
+    def forward(self, x):
+        scores, raw_boxes = self.net(x)
+        boxes = raw_boxes * 8 + 64  # an affine decode: no activation on the box branch
+        best, label = scores.max(-1)
+        top, index = best.topk(5, dim=1)
+        picked = torch.gather(boxes, 1, index.unsqueeze(-1).expand(-1, -1, 4))
+        return torch.cat([picked, top.unsqueeze(-1), torch.gather(label, 1, index).unsqueeze(-1).float()], -1)
+
+
+def test_class_maps_behind_final_detections_are_found(tmp_path):
+    path = tmp_path / "final.onnx"
+    torch.onnx.export(OnlyFinalDetections().eval(), (torch.zeros(2, 3, 128, 128),), str(path), dynamo=False,
+                      opset_version=17, input_names=["image"], output_names=["detections"],
+                      dynamic_axes={"image": {0: "b"}})
+    feeds = {"image": np.random.default_rng(9).standard_normal((2, 3, 128, 128)).astype(np.float32)}
+    # Behind post-processing no output is shaped [B, N, K]: 12 channels read as 1 anchor x 12 classes
+    # (the documented fallback, shown by inspect), and --num-classes 4 gives the true 3 x 4.
+    unhinted = find_class_heads(load_model(path))
+    assert (unhinted.num_classes, [lv.anchors for lv in unhinted.levels]) == (12, [1, 1, 1])
+    _check_detector(path, feeds, tmp_path, 3, [3, 3, 3], 4, num_classes=4)

@@ -10,7 +10,9 @@ The walk carries a window (axis, start, stop) of the tensor it follows, so that
 after `Split` (YOLOv8 concatenates box and class channels per level, then splits
 them again) it follows only the class channels back to the class convolution.
 Objectness and centerness branches (YOLOX, FCOS: one channel beside a K-channel
-class map at the same level) are set aside.
+class map at the same level) are set aside. Selection ops of in-graph
+post-processing (TopK, Gather, NonMaxSuppression, ReduceMax/ArgMax) are walked
+through, so class maps behind final detections are found as well.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ _PASSIVE = {"Reshape", "Transpose", "Concat", "Split", "Slice", "Flatten", "Sque
 _ACTIVATIONS = {"Sigmoid", "Softmax"}
 # A spatial map made by these is the class map itself: they cut the class channels out of a shared conv.
 _CUTS = {"Split", "Slice"}
+# In-graph post-processing that picks scores without computing new ones (top-k, NMS, best class): the walk
+# goes through every data input of these, so class maps behind final detections are found too.
+_SELECTIONS = {"TopK", "Gather", "GatherElements", "GatherND", "NonMaxSuppression", "ReduceMax", "ArgMax", "Expand",
+               "Tile"}
 
 
 Window = tuple[int, int, int] | None  # (axis, start, stop) of the followed tensor; None: all of it
@@ -61,11 +67,13 @@ class DetectorHeads:
         return self.levels[len(self.levels) // 2]
 
 
-def _walk_back(output: ir.Value, index: GraphIndex) -> dict[ir.Value, tuple[str | None, Window]]:
-    """Spatial tensors an output is made of through passive ops: the activation met and the window used."""
+def _walk_back(output: ir.Value, index: GraphIndex) -> tuple[dict[ir.Value, tuple[str | None, Window]], bool]:
+    """Spatial tensors an output is made of through passive ops: the activation met and the window used;
+    and whether the walk went through post-processing (then the output's shape says nothing of K)."""
     roots: dict[ir.Value, tuple[str | None, Window]] = {}
     stack: list[tuple[ir.Value, str | None, Window]] = [(output, None, None)]
     seen: set[tuple] = set()
+    selected = False
     while stack:
         value, activation, window = stack.pop()
         if (value, window) in seen:
@@ -77,11 +85,15 @@ def _walk_back(output: ir.Value, index: GraphIndex) -> dict[ir.Value, tuple[str 
         if size is not None and value in index.data_dependent and computed:
             roots.setdefault(value, (activation, window))  # the branch's conv, or the class part cut out of it
             continue
+        if node is not None and node.op_type in _SELECTIONS:
+            selected = True
+            stack.extend((v, activation, None) for v in node.inputs if v is not None and v in index.data_dependent)
+            continue
         if node is None or node.op_type not in _PASSIVE:
             continue
         met = activation or (node.op_type if node.op_type in _ACTIVATIONS else None)
         stack.extend((v, met, w) for v, w in _inputs_with_windows(node, value, window))
-    return roots
+    return roots, selected
 
 
 def _inputs_with_windows(node: ir.Node, output: ir.Value, window: Window) -> list[tuple[ir.Value, Window]]:
@@ -159,14 +171,18 @@ def find_class_heads(model: ir.Model, heads: list[str] | None = None, num_anchor
         activation, outputs = None, []
         reason = "named with --head"
         windows: dict[ir.Value, Window] = {}
+        shaped_like_scores = []
     else:
         found: dict[ir.Value, tuple[str, Window]] = {}
-        outputs = []
+        outputs, shaped_like_scores = [], []
         for out in graph.outputs:
-            roots = {v: aw for v, aw in _walk_back(out, index).items() if aw[0] is not None}
+            roots, selected = _walk_back(out, index)
+            roots = {v: aw for v, aw in roots.items() if aw[0] is not None}
             if roots:
                 outputs.append(out)
                 found.update(roots)
+                if not selected:
+                    shaped_like_scores.append(out)
         found = _without_objectness(found)
         sizes = {spatial_size(v) for v in found}
         if len(sizes) < 2:
@@ -180,7 +196,7 @@ def find_class_heads(model: ir.Model, heads: list[str] | None = None, num_anchor
     levels.sort(key=lambda v: -((spatial_size(v)[0] or 0) * (spatial_size(v)[1] or 0)))
     channels = {v: _channel_range(v, windows.get(v)) for v in levels}
     widths = [c[1] - c[0] for c in channels.values() if c is not None]
-    k = num_classes or _classes_from_outputs(outputs, widths) or _common(widths)
+    k = num_classes or _classes_from_outputs(shaped_like_scores, widths) or _common(widths)
     if not k:
         raise XaiGraphError("cannot tell the number of classes of the detector; pass --num-classes")
     anchors = num_anchors or [_anchors(v, channels[v], k) for v in levels]
