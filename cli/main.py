@@ -160,24 +160,23 @@ def _ints(text: str | None, option: str) -> list[int] | None:
         raise click.BadParameter(f"{text!r}: expected integers separated by commas", param_hint=option) from None
 
 
-def _hw(text: str | None) -> tuple[int, int] | None:
+def _pair(text: str | None, option: str, form: str) -> tuple[int, int] | None:
+    """'AxB' -> (A, B): WxH for --size, HxW for --map-size."""
     if not text:
         return None
     try:
-        height, width = (int(v) for v in text.lower().split("x"))
-        return height, width
+        first, second = (int(v) for v in text.lower().split("x"))
+        return first, second
     except ValueError:
-        raise click.BadParameter(f"{text!r}: expected HxW, e.g. 25x19", param_hint="--map-size") from None
+        raise click.BadParameter(f"{text!r}: expected {form}, e.g. 224x224", param_hint=option) from None
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-        return width, height
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected WxH, e.g. 224x224") from None
+    return _pair(text, "--size", "WxH")
+
+
+def _hw(text: str | None) -> tuple[int, int] | None:
+    return _pair(text, "--map-size", "HxW")
 
 
 @main.command()

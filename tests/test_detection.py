@@ -170,6 +170,16 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
                                    f"detector activationmap in {runtime}")
 
 
+def _export(model: nn.Module, x: torch.Tensor, path: Path, outputs: list[str], dynamo: bool) -> None:
+    """Export with a dynamic batch: the dynamo exporter at opset 18, or the legacy one at opset 17."""
+    if dynamo:
+        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, input_names=["image"],
+                          output_names=outputs, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    else:
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                          output_names=outputs, dynamic_axes={"image": {0: "b"}})
+
+
 def _best_class_scores(levels, anchors, k, activation) -> np.ndarray:
     """Each class's best probability over levels, anchors and positions, as the detector scores them."""
     best = []
@@ -199,13 +209,7 @@ def _descendants(value) -> set:
 def test_retinanet_like_sigmoid_head(dynamo, score, tmp_path):
     model = RetinaNetLike().eval()
     path = tmp_path / "retina.onnx"
-    x = torch.randn(2, 3, 128, 128)
-    if dynamo:
-        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, input_names=["image"],
-                          output_names=["scores", "boxes"], dynamic_shapes=({0: torch.export.Dim("batch")},))
-    else:
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
-                          output_names=["scores", "boxes"], dynamic_axes={"image": {0: "b"}})
+    _export(model, torch.randn(2, 3, 128, 128), path, ["scores", "boxes"], dynamo)
     feeds = {"image": np.random.default_rng(0).standard_normal((3, 3, 128, 128)).astype(np.float32)}
     _check_detector(path, feeds, tmp_path, 3, [3, 3, 3], 4, score)
     # Batch 1 and batch 3 agree per image.
@@ -248,13 +252,7 @@ def test_ssd_like_softmax_head_drops_the_background(dynamo, tmp_path):
 def test_yolo_style_heads(family, dynamo, tmp_path):
     model = family().eval()
     path = tmp_path / "yolo.onnx"
-    x = torch.randn(2, 3, 64, 64)
-    if dynamo:
-        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, input_names=["image"],
-                          output_names=["detections"], dynamic_shapes=({0: torch.export.Dim("batch")},))
-    else:
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
-                          output_names=["detections"], dynamic_axes={"image": {0: "b"}})
+    _export(model, torch.randn(2, 3, 64, 64), path, ["detections"], dynamo)
     feeds = {"image": np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)}
     _check_detector(path, feeds, tmp_path, 3, [1, 1, 1], 3)
 
