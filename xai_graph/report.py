@@ -59,8 +59,8 @@ def describe(path: str | os.PathLike, target_layer: str | None = None) -> ModelR
                                    "classes": detector.num_classes} for lv in detector.levels]
         report.target = detector.middle.value.name
         report.target_shape = shape_text(detector.middle.value)
+        detection_methods = {m.algo: m for m in methods_for_task("detection")}
         for cls in methods_for_task("classification"):
-            detection_methods = {m.algo: m for m in methods_for_task("detection")}
             report.algorithms[cls.algo] = (f"yes ({detection_methods[cls.algo].title})" if cls.algo in detection_methods
                                            else "not for detectors yet")
         return report
