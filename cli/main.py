@@ -278,7 +278,7 @@ def demo(outdir, runtime):
     with Explainer(instrumented, runtime=runtime) as explainer:
         writer = ResultWriter(outdir, overwrite=True)
         summary = explain_files(explainer, find_images([str(samples / "images")]), writer)
-    for record in writer.records.values():
+    for record in sorted(writer.records.values(), key=lambda r: r["image"]):
         if record["top"]:
             verdict = f"{record['top'][0]['label']} ({record['top'][0]['score']:.2f})"
         else:

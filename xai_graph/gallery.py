@@ -146,7 +146,7 @@ class ResultWriter:
 
     def finish(self, summary: dict) -> tuple[Path, Path]:
         """Write predictions.json and index.html (both replaced atomically: they index the folder)."""
-        records = list(self.records.values())
+        records = sorted(self.records.values(), key=lambda r: r["image"])  # stable, whatever finished first
         predictions = {**summary, "images": records}
         json_path = self._replace(PREDICTIONS, json.dumps(predictions, indent=2).encode())
         html_path = self._replace(INDEX, gallery_html(predictions).encode())
