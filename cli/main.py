@@ -134,6 +134,8 @@ def inspect(model, target_layer, as_json):
         click.echo(f"map   {mark} {c['name']} {c['shape']}")
     if report.task == "detection":
         click.echo(f"task    detection: {report.reason}; maps sized as the middle level {report.target_shape}")
+    elif report.task == "transformer":
+        click.echo(f"task    transformer: target {report.target} {report.target_shape}, {report.reason}")
     elif report.target:
         click.echo(f"target  {report.target} {report.target_shape}: {report.reason}")
     else:

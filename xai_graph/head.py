@@ -19,6 +19,7 @@ from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
 from xai_graph.graph.detection import DetectorHeads, find_class_heads
 from xai_graph.graph.targets import find_target
+from xai_graph.graph.transformer import find_transformer
 from xai_graph.methods import MethodOptions, SaliencyMethod, method_for
 
 SALIENCY_MAP = "saliency_map"
@@ -76,9 +77,10 @@ def insert(
     options = MethodOptions(mask=mask, score=score, top_k=top_k, brute_force=brute_force, det_score=det_score,
                             map_size=map_size, background=background)
     detector = None if target_layer else find_class_heads(model, heads, num_anchors, num_classes)
-    task = "detection" if detector is not None else "classification"
+    vit = None if target_layer or detector is not None else find_transformer(model)
+    task = "detection" if detector is not None else "transformer" if vit is not None else "classification"
     method = method_for(algo, task)(options)
-    target = detector if detector is not None else find_target(model, target_layer, need_scores=method.class_wise)
+    target = detector or vit or find_target(model, target_layer, need_scores=method.class_wise)
     method.check(target)
     if feature_vector and detector is not None:
         raise XaiGraphError("--feature-vector is not available for detectors")

@@ -12,6 +12,7 @@ from xai_graph.graph.analysis import shape_text
 from xai_graph.graph.detection import find_class_heads
 from xai_graph.graph.io import load_model
 from xai_graph.graph.targets import find_target
+from xai_graph.graph.transformer import find_transformer
 from xai_graph.methods import MethodOptions, methods_for_task
 
 
@@ -63,6 +64,16 @@ def describe(path: str | os.PathLike, target_layer: str | None = None) -> ModelR
         for cls in methods_for_task("classification"):
             report.algorithms[cls.algo] = (f"yes ({detection_methods[cls.algo].title})" if cls.algo in detection_methods
                                            else "not for detectors yet")
+        return report
+    block = None if target_layer else find_transformer(model)
+    if block is not None:
+        report.task, report.reason = "transformer", block.reason
+        report.scores, report.final_activation = block.scores.name, block.final_activation
+        report.target, report.target_shape = block.tokens.name, shape_text(block.tokens)
+        transformer_methods = {m.algo: m for m in methods_for_task("transformer")}
+        for cls in methods_for_task("classification"):
+            report.algorithms[cls.algo] = (f"yes ({transformer_methods[cls.algo].title})"
+                                           if cls.algo in transformer_methods else "not for transformers yet")
         return report
     try:
         target = find_target(model, target_layer)

@@ -20,15 +20,22 @@ from xai_graph.graph.builder import GraphBuilder
 
 
 def clone_tail(builder: GraphBuilder, tail: Sequence[ir.Node], start: ir.Value,
-               new_start: ir.Value, end: ir.Value) -> ir.Value:
-    """Append a copy of `tail` reading `new_start` where the original reads `start`; return the copy of `end`."""
-    foreign = GraphIndex(builder.graph).foreign_inputs(start, tail)
+               new_start: ir.Value, end: ir.Value, also: dict[ir.Value, ir.Value] | None = None) -> ir.Value:
+    """Append a copy of `tail` reading `new_start` where the original reads `start`; return the copy of `end`.
+
+    `also` substitutes further values inside the tail (ViT Recipro-CAM masks a block's
+    normalised tokens as well as its input); nodes whose outputs are all substituted
+    are not cloned.
+    """
+    also = also or {}
+    tail = [n for n in tail if not all(v in also for v in n.outputs)]
+    foreign = [v for v in GraphIndex(builder.graph).foreign_inputs(start, tail) if v not in also]
     reshapes_only = all(all(use.node.op_type == "Reshape" and use.idx == 1 for use in v.uses()
                             if use.node in tail) for v in foreign)
     if foreign and not reshapes_only:
         names = ", ".join(v.name for v in foreign)
         raise XaiGraphError(f"the head after '{start.name}' also reads {names}; it cannot be cloned alone")
-    mapping: dict[ir.Value, ir.Value] = {start: new_start}
+    mapping: dict[ir.Value, ir.Value] = {start: new_start, **also}
     for node in tail:
         if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
             raise XaiGraphError(f"the head after '{start.name}' contains control flow ({node.op_type}); "
@@ -55,6 +62,12 @@ def _batch_free_shape(builder: GraphBuilder, node: ir.Node) -> ir.Value:
     rest = list(out.shape)[1:] if out.shape is not None else None
     if rest is not None and all(isinstance(d, int) and d >= 0 for d in rest):
         return builder.ints([-1, *rest])
+    batch = next((v.shape[0] for v in builder.graph.inputs if v.shape is not None and len(v.shape) > 0), None)
+    if out.shape is None or batch is None or out.shape[0] != batch:
+        # The shape is computed outside the tail and its first axis is not the batch (say, a
+        # sequence-first attention layout): nothing here knows where the batch goes.
+        raise XaiGraphError(f"cannot clone the head: Reshape '{node.name}' takes a shape computed outside it "
+                            "whose first axis is not the batch")
     tail_of_shape = builder.op("Slice", node.inputs[1], builder.ints([1]), builder.ints([2**62]), builder.ints([0]))
     return builder.op("Concat", builder.ints([0]), tail_of_shape, axis=0)
 

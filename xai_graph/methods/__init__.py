@@ -5,6 +5,7 @@ from xai_graph.methods import (  # noqa: F401  (registration)
     det_class_probability_map,
     eigencam,
     recipro_cam,
+    vit_recipro_cam,
 )
 from xai_graph.methods.base import (
     MethodOptions,
