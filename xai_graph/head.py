@@ -21,6 +21,7 @@ from xai_graph.graph.detection import DetectorHeads, find_class_heads
 from xai_graph.graph.targets import find_target
 from xai_graph.graph.transformer import find_transformer
 from xai_graph.methods import MethodOptions, SaliencyMethod, method_for
+from xai_graph.methods.base import Saliency
 
 SALIENCY_MAP = "saliency_map"
 SALIENCY_CLASSES = "saliency_classes"
@@ -66,7 +67,8 @@ def insert(
 
     Single-stage detectors are recognised by their per-level class maps (or named
     with `heads`, with `num_anchors` / `num_classes` where they cannot be inferred);
-    `classwisesaliencymap` is then DetClassProbabilityMap (`det_score`, `map_size`).
+    `classwisesaliencymap` is then DetClassProbabilityMap (`det_score`, `map_size`,
+    `background`). ViT-style classifiers get ViT Recipro-CAM.
     """
     model = to_ir(model)
     graph = model.graph
@@ -82,8 +84,8 @@ def insert(
     method = method_for(algo, task)(options)
     target = detector or vit or find_target(model, target_layer, need_scores=method.class_wise)
     method.check(target)
-    if feature_vector and detector is not None:
-        raise XaiGraphError("--feature-vector is not available for detectors")
+    if feature_vector and task != "classification":
+        raise XaiGraphError(f"--feature-vector is not available for {task} models yet")
 
     builder = GraphBuilder(graph, opset=model.opset_imports.get("", 1))
     built = method.build(builder, target)
@@ -99,22 +101,11 @@ def insert(
                     ir.DataType.FLOAT, _dims(target.value, [0, 1]))
 
     model.metadata_props.update(metadata or {})
-    model.metadata_props.update({
-        "xai_graph.version": __version__,
-        "xai_graph.algorithm": algo,
-        "xai_graph.method": method.title + (f" ({built.form})" if built.form else ""),
-        "xai_graph.task": task,
-        **(_detection_metadata(target, method) if detector is not None else {
-            "xai_graph.target": target.value.name,
-            "xai_graph.scores": target.scores.name if target.scores is not None else "",
-            "xai_graph.scores_activation": target.final_activation or "none",
-        }),
-        "xai_graph.options": json.dumps({"mask": mask, "score": score, "raw": raw, "top_k": top_k,
-                                         "brute_force": brute_force, "feature_vector": feature_vector,
-                                         **({"det_score": det_score, "background": background}
-                                            if detector is not None else {})},
-                                        sort_keys=True),
-    })
+    options_used = {"mask": mask, "score": score, "raw": raw, "top_k": top_k, "brute_force": brute_force,
+                    "feature_vector": feature_vector}
+    if detector is not None:
+        options_used.update(det_score=det_score, background=background)
+    model.metadata_props.update(_record(algo, task, method, built, target, options_used))
     _drop_unused_constants(graph)
     if check:
         _check(model)
@@ -125,6 +116,19 @@ def _drop_unused_constants(graph: ir.Graph) -> None:
     """Builders make shape constants eagerly; those no node ended up reading are removed."""
     for name in [n for n, v in graph.initializers.items() if n.startswith(NAME_PREFIX) and not v.uses()]:
         graph.initializers.pop(name)
+
+
+def _record(algo: str, task: str, method: SaliencyMethod, built: Saliency, target, options: dict) -> dict[str, str]:
+    """What the rewrite did, for the model's metadata."""
+    if isinstance(target, DetectorHeads):
+        explained = _detection_metadata(target, method)
+    else:
+        explained = {"xai_graph.target": target.value.name,
+                     "xai_graph.scores": target.scores.name if target.scores is not None else "",
+                     "xai_graph.scores_activation": target.final_activation or "none"}
+    return {"xai_graph.version": __version__, "xai_graph.algorithm": algo,
+            "xai_graph.method": method.title + (f" ({built.form})" if built.form else ""),
+            "xai_graph.task": task, **explained, "xai_graph.options": json.dumps(options, sort_keys=True)}
 
 
 def _detection_metadata(heads: DetectorHeads, method: SaliencyMethod) -> dict[str, str]:
