@@ -46,7 +46,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(xai_graph.__version__, prog_name="xai-graph")
 def main():
-    """Add saliency-map outputs to ONNX models, and inspect them."""
+    """Saliency-map heads inside ONNX models: insert them, inspect models, explain images, benchmark the cost."""
 
 
 @main.command()

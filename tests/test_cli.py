@@ -143,6 +143,7 @@ def _bad_inputs(folder: Path) -> dict[str, tuple[list, str]]:
         "output is input": (["insert", model, "-o", model], "refusing to overwrite the input"),
         "already has head": (["insert", with_head, "-o", folder / "again.onnx"], "--replace"),
         "inspect missing": (["inspect", folder / "absent.onnx"], "no such file"),
+        "bad mean": (["insert", model, "--mean", "1,x,3", "-o", folder / "m.onnx"], "expected 1 or 3 numbers"),
     }
 
 

@@ -127,7 +127,10 @@ def _flag(text: str | None) -> bool:
 def parse_triple(values) -> tuple[float, float, float]:
     if isinstance(values, str):
         values = values.replace(",", " ").split()
-    values = [float(v) for v in values]
+    try:
+        values = [float(v) for v in values]
+    except ValueError:
+        raise XaiGraphError(f"expected 1 or 3 numbers (per channel), got {' '.join(map(str, values))!r}") from None
     if len(values) == 1:
         values = values * 3
     if len(values) != 3:
