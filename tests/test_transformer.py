@@ -48,14 +48,18 @@ class Block(nn.Module):
 
 
 class TinyViT(nn.Module):
-    def __init__(self, hand=False, d=32, depth=3, heads=4, patch=8, size=32, classes=5):
+    """ViT; with `distilled`, DeiT: a distillation token after the class token and the two heads averaged."""
+
+    def __init__(self, hand=False, distilled=False, d=32, depth=3, heads=4, patch=8, size=32, classes=5):
         super().__init__()
         torch.manual_seed(0)
+        self.extra = 2 if distilled else 1
         self.embed = nn.Conv2d(3, d, patch, patch)
-        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.5)
-        self.pos = nn.Parameter(torch.randn(1, 1 + (size // patch) ** 2, d) * 0.5)
+        self.cls = nn.Parameter(torch.randn(1, self.extra, d) * 0.5)
+        self.pos = nn.Parameter(torch.randn(1, self.extra + (size // patch) ** 2, d) * 0.5)
         self.blocks = nn.ModuleList([Block(d, heads, hand) for _ in range(depth)])
         self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, classes)
+        self.head_dist = nn.Linear(d, classes) if distilled else None
 
     def tokens(self, x):  # the sequence entering the last block
         x = self.embed(x).flatten(2).transpose(1, 2)
@@ -64,8 +68,12 @@ class TinyViT(nn.Module):
             x = block(x)
         return x
 
+    def classify(self, y):
+        y = self.norm(y)
+        return self.head(y[:, 0]) if self.head_dist is None else (self.head(y[:, 0]) + self.head_dist(y[:, 1])) / 2
+
     def forward(self, x):
-        return self.head(self.norm(self.blocks[-1](self.tokens(x)))[:, 0])
+        return self.classify(self.blocks[-1](self.tokens(x)))
 
 
 def vit_recipro_cam(model: TinyViT, x: torch.Tensor, mask: str = "gaussian") -> np.ndarray:
@@ -73,23 +81,25 @@ def vit_recipro_cam(model: TinyViT, x: torch.Tensor, mask: str = "gaussian") -> 
     with torch.no_grad():
         tokens = model.tokens(x)
         normalised = model.blocks[-1].norm1(tokens)
-        grid = int(round((tokens.shape[1] - 1) ** 0.5))
-        masks = torch.from_numpy(token_masks((grid, grid), 1, mask))  # [hw, T]
+        grid = int(round((tokens.shape[1] - model.extra) ** 0.5))
+        masks = torch.from_numpy(token_masks((grid, grid), model.extra, mask))  # [hw, T]
         maps = []
         for b in range(tokens.shape[0]):
             m = masks[:, :, None]
             out = model.blocks[-1](tokens[b] * m, normalised=normalised[b] * m)
-            scores = model.head(model.norm(out)[:, 0])  # [hw, K]
+            scores = model.classify(out)  # [hw, K]
             maps.append(scores.T.reshape(-1, grid, grid).numpy())
         return np.stack(maps)
 
 
-CASES = [(False, False), (True, False), (True, True)]  # (hand-written attention, dynamo exporter)
+CASES = [(False, False, False), (True, False, False), (True, True, False), (False, False, True), (True, True, True)]
 
 
-@pytest.mark.parametrize(("hand", "dynamo"), CASES, ids=["multihead-legacy", "hand-legacy", "hand-dynamo"])
-def test_vit_recipro_cam_matches_the_definition(hand, dynamo, tmp_path):
-    model = TinyViT(hand=hand).eval()
+@pytest.mark.parametrize(("hand", "dynamo", "distilled"), CASES,
+                         ids=["multihead-legacy", "hand-legacy", "hand-dynamo", "deit-multihead-legacy",
+                              "deit-hand-dynamo"])
+def test_vit_recipro_cam_matches_the_definition(hand, dynamo, distilled, tmp_path):
+    model = TinyViT(hand=hand, distilled=distilled).eval()
     path = tmp_path / "vit.onnx"
     x = torch.randn(2, 3, 32, 32)
     if dynamo:
@@ -99,12 +109,12 @@ def test_vit_recipro_cam_matches_the_definition(hand, dynamo, tmp_path):
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
                           output_names=["scores"], dynamic_axes={"image": {0: "b"}})
     block = find_transformer(load_model(path))
-    assert block is not None and block.grid == (4, 4) and block.extra_tokens == 1, "recognised, not the patch conv"
+    assert block is not None and block.grid == (4, 4) and block.extra_tokens == model.extra, "not the patch conv"
     images = np.random.default_rng(3).standard_normal((3, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         tokens = model.tokens(torch.from_numpy(images)).numpy()
     for algo, expected in [("classwisesaliencymap", vit_recipro_cam(model, torch.from_numpy(images))),
-                           ("activationmap", tokens[:, 1:].mean(-1).reshape(3, 4, 4))]:
+                           ("activationmap", tokens[:, model.extra:].mean(-1).reshape(3, 4, 4))]:
         u8 = xai_graph.save_model(xai_graph.insert(path, algo), tmp_path / f"{algo}_u8.onnx")
         raw = xai_graph.save_model(xai_graph.insert(path, algo, raw=True), tmp_path / f"{algo}_raw.onnx")
         check_head(path, u8, raw, {"image": images}, expected.astype(np.float64), algo, fused_tolerance=1e-6)

@@ -1,8 +1,9 @@
 """Recognise a ViT / DeiT-style classifier: the last encoder block and its patch grid.
 
 Pattern (pre-norm blocks, `x' = x + Attn(LN1(x)); y = x' + MLP(LN2(x'))`), found
-from the scores backwards: scores <- head (Gemm/MatMul) <- Gather of token 0
-<- final LayerNormalization <- y = Add(x', mlp) <- x' = Add(x, attn). The block's
+from the scores backwards: the final LayerNormalization is the last one the logits
+depend on (ViT reads its class token; DeiT averages the heads of its class and
+distillation tokens) <- y = Add(x', mlp) <- x' = Add(x, attn). The block's
 input x is the Add operand the other one depends on; LN1 is the LayerNormalization
 reading x. Tokens are [B, T, D] with T = extra + h*w, one or two extra tokens
 (class, DeiT's distillation) in front of a square patch grid.
@@ -53,15 +54,14 @@ def find_transformer(model: ir.Model) -> TransformerBlock | None:
     except Exception:
         return None
     logits, activation = strip_score_activation(scores)
-    head = _producer(logits, "Gemm", "MatMul", "Add")
-    if head is not None and head.op_type == "Add":
-        head = next((_producer(v, "MatMul") for v in head.inputs if _producer(v, "MatMul")), None)
-    gather = _producer(head.inputs[0] if head else None, "Gather", "Squeeze", "Slice")
-    final_norm = _producer(gather.inputs[0] if gather else None, "LayerNormalization")
-    y = _producer(final_norm.inputs[0] if final_norm else None, "Add")
+    index = GraphIndex(graph)
+    norms = [n for n in index.ancestors(logits) if n.op_type == "LayerNormalization"]
+    if not norms:
+        return None
+    final_norm = max(norms, key=index.position.__getitem__)
+    y = _producer(final_norm.inputs[0], "Add")
     if y is None:
         return None
-    index = GraphIndex(graph)
     residual = next((_producer(v, "Add") for v in y.inputs if _producer(v, "Add")), None)
     if residual is None:
         return None
