@@ -14,10 +14,24 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from xai_graph.explain import Explainer
 from xai_graph.gallery import ResultWriter
 from xai_graph.images import ImageError, read_image
+from xai_graph.preprocess import Placement
+
+
+class Loaded(NamedTuple):
+    """One file, decoded and preprocessed, or the reason it could not be."""
+
+    path: Path
+    image: np.ndarray | None = None
+    tensor: np.ndarray | None = None
+    placement: Placement | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -51,15 +65,15 @@ def explain_files(explainer: Explainer, paths: list[Path], writer: ResultWriter,
     workers = workers or min(8, (os.cpu_count() or 2))
     start = time.perf_counter()
 
-    def load(path: Path):
+    def load(path: Path) -> Loaded:
         try:
             image = read_image(path)
             tensor, placement = explainer.preprocessing(image)
-            return path, image, tensor, placement, None
+            return Loaded(path, image, tensor, placement)
         except ImageError as exc:
-            return path, None, None, None, str(exc)
+            return Loaded(path, error=str(exc))
         except Exception as exc:  # an odd file must not stop the run
-            return path, None, None, None, f"cannot prepare the image ({type(exc).__name__}: {exc})"
+            return Loaded(path, error=f"cannot prepare the image ({type(exc).__name__}: {exc})")
 
     def render(path, image, explanation):
         try:
@@ -69,20 +83,20 @@ def explain_files(explainer: Explainer, paths: list[Path], writer: ResultWriter,
 
     with ThreadPoolExecutor(workers) as pool:
         renders: deque[Future] = deque()
-        batch: list = []
+        batch: list[Loaded] = []
 
         def flush():
-            outputs = explainer.run([item[2] for item in batch])
-            for (path, image, _, placement, _), output in zip(batch, outputs):
-                explanation = explainer.describe(output, placement, image.shape)
-                renders.append(pool.submit(render, path, image, explanation))
+            outputs = explainer.run([item.tensor for item in batch])
+            for item, output in zip(batch, outputs):
+                explanation = explainer.describe(output, item.placement, item.image.shape)
+                renders.append(pool.submit(render, item.path, item.image, explanation))
             batch.clear()
             while len(renders) > 2 * batch_size:  # bound the images held for rendering
                 _finish(renders.popleft(), progress)
 
         for item in _prefetch(pool, load, paths, depth=2 * batch_size):
-            if item[4] is not None:
-                writer.fail(item[0], item[4])
+            if item.error is not None:
+                writer.fail(item.path, item.error)
                 if progress:
                     progress(1)
                 continue
