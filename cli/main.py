@@ -77,6 +77,9 @@ def main():
 @click.option("--raw", is_flag=True, help="Keep the map as float32 instead of uint8 0..255.")
 @click.option("--feature-vector", is_flag=True, help="Also output feature_vector [B, C].")
 @click.option("--replace", is_flag=True, help="Rebuild the head of a model that already has saliency_map.")
+@click.option("--format", "out_format", type=click.Choice(["onnx", "ir"]),
+              help="Output format [default: from the output's suffix; .xml is OpenVINO IR].")
+@click.option("--compress-fp16", is_flag=True, help="IR output: store weights as fp16 (f32 by default).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Text file, one class name per line: recorded in the model's metadata (Model API form).")
 @click.option("--mean", help="Preprocessing to record: mean per channel, e.g. '123.675,116.28,103.53'.")
@@ -84,9 +87,11 @@ def main():
 @click.option("--bgr/--rgb", default=None, help="Record that the model takes BGR (or RGB) input.")
 @click.option("--resize", type=click.Choice(RESIZE_TYPES), help="Record the resize the model expects.")
 def insert(model, algo, output, target_layer, mask, score, class_maps, brute_force, heads, num_anchors, num_classes,
-           det_score, map_size, background, raw, feature_vector, replace, labels, mean, std, bgr, resize):
-    """Insert a saliency head into MODEL (.onnx)."""
-    output = output or model.with_name(model.stem + "_xai.onnx")
+           det_score, map_size, background, raw, feature_vector, replace, out_format, compress_fp16, labels, mean, std,
+           bgr, resize):
+    """Insert a saliency head into MODEL (.onnx); write ONNX, or OpenVINO IR with --format ir / -o OUT.xml."""
+    out_format = out_format or ("ir" if output is not None and output.suffix == ".xml" else "onnx")
+    output = output or model.with_name(model.stem + ("_xai.xml" if out_format == "ir" else "_xai.onnx"))
     start = time.perf_counter()
     label_list = labels.read_text().splitlines() if labels else None
     preprocessing = model_info_metadata(labels=[x for x in label_list if x.strip()] if label_list else None,
@@ -98,7 +103,10 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
                               num_classes=num_classes, det_score=det_score, map_size=_hw(map_size),
                               background=background,
                               check=False)  # save_model checks the written file
-    xai_graph.save_model(result, output)
+    if out_format == "ir":
+        xai_graph.save_ir(result, output, compress_fp16=compress_fp16)
+    else:
+        xai_graph.save_model(result, output)
     saliency = next(o for o in result.graph.outputs if o.name == "saliency_map")
     click.echo(f"{output}: {result.metadata_props['xai_graph.method']} on '{result.metadata_props['xai_graph.target']}', "
                f"saliency_map {shape_text(saliency)} {saliency.dtype.name.lower()} "

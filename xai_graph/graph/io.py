@@ -176,3 +176,38 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
 
 def _estimated_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def save_ir(model: ir.Model, path: str | os.PathLike, *, compress_fp16: bool = False) -> Path:
+    """Write `model` as OpenVINO IR (`.xml` + `.bin`) atomically, through `openvino.convert_model`.
+
+    Weights stay f32 unless `compress_fp16` (OpenVINO's own default would halve them).
+    Model API entries (`model_info <key>` in the ONNX metadata) become `rt_info` under
+    `model_info`, where Model API reads them; OpenVINO keeps all ONNX metadata, the
+    `xai_graph.*` record included, under `rt_info/framework`.
+    """
+    import openvino as ov
+
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise XaiGraphError(f"{path}: an OpenVINO IR path ends with .xml")
+    if not path.parent.is_dir():
+        raise XaiGraphError(f"{path.parent}: output folder does not exist")
+    staging = Path(tempfile.mkdtemp(prefix=".xai-graph-", dir=path.parent))
+    try:
+        onnx_path = save_model(model, staging / "model.onnx")
+        converted = ov.convert_model(str(onnx_path))
+        for key, value in model.metadata_props.items():
+            if key.startswith("model_info "):
+                converted.set_rt_info(value, ["model_info", key.split(" ", 1)[1]])
+        staged = staging / path.name
+        ov.save_model(converted, str(staged), compress_to_fp16=compress_fp16)
+        os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(staged, path)
+    except XaiGraphError:
+        raise
+    except Exception as exc:
+        raise XaiGraphError(f"{path}: could not write OpenVINO IR ({_one_line(exc)})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
