@@ -196,6 +196,8 @@ def _hw(text: str | None) -> tuple[int, int] | None:
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
 @click.option("--device", default="CPU", show_default=True, help="OpenVINO device name.")
+@click.option("--precision", type=click.Choice(["f32", "bf16", "f16"]), default="f32", show_default=True,
+              help="OpenVINO inference precision (its CPU default would be bf16 on recent CPUs).")
 @click.option("--algo", type=click.Choice(xai_graph.algorithms()),
               help="Used when MODEL has no saliency_map yet (it is then instrumented on the fly).")
 @click.option("--classes", default="predicted", show_default=True,
@@ -217,17 +219,18 @@ def _hw(text: str | None) -> tuple[int, int] | None:
               help="Format of the maps and overlays (jpg encodes several times faster).")
 @click.option("--overwrite", is_flag=True, help="Replace files of an earlier run instead of adding new names.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def explain(model, inputs, outdir, runtime, device, algo, classes, top_k, overlay_alpha, raw, batch_size, size,
+def explain(model, inputs, outdir, runtime, device, precision, algo, classes, top_k, overlay_alpha, raw, batch_size, size,
             mean, std, bgr, resize, box_threshold, image_format, overwrite, quiet):
-    """Explain images with MODEL: a saliency map and an overlay per image and class, predictions.json and
-    index.html in OUTDIR. Exit code 3 when some images failed (they are listed in predictions.json)."""
+    """Explain images with MODEL (.onnx, or an instrumented OpenVINO .xml): a saliency map and an overlay per
+    image and class, predictions.json and index.html in OUTDIR. Exit code 3 when some images failed (they are
+    listed in predictions.json)."""
     paths = find_images(list(inputs))
     if not paths:
         raise XaiGraphError(f"no images found in {', '.join(inputs)}")
     overrides = {"mean": parse_triple(mean) if mean else None, "scale": parse_triple(std) if std else None,
                  "rgb": None if bgr is None else not bgr, "resize": resize}
     with Explainer(model, runtime=runtime, device=device, algo=algo, classes=classes, top_k=top_k, raw=raw,
-                   size=_size(size), box_threshold=box_threshold, **overrides) as explainer:
+                   size=_size(size), box_threshold=box_threshold, precision=precision, **overrides) as explainer:
         if explainer.instrumented_here:
             click.echo(f"{model} has no saliency_map: instrumented on the fly with {explainer.algo}", err=True)
         writer = ResultWriter(outdir, overwrite=overwrite, alpha=overlay_alpha, raw=raw, image_format=image_format)

@@ -68,3 +68,39 @@ def test_detector_ir(tmp_path):
     ov = open_model(tmp_path / "d.xml", "openvino")({"image": x})
     assert np.abs(ov["saliency_map"].astype(int) - ort["saliency_map"].astype(int)).max() <= 1
     np.testing.assert_allclose(ov["detection_class_scores"], ort["detection_class_scores"], atol=1e-5)
+
+
+def test_explain_runs_an_instrumented_ir_like_its_onnx(tmp_path):
+    import json
+    from pathlib import Path
+
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    model = samples / "efficientnet_lite0.onnx"
+    for out in ("lite.onnx", "lite.xml"):
+        assert xai_graph_cli("insert", model, "-o", tmp_path / out, "--classes", "topk:5").returncode == 0
+    runs = {}
+    for name, extra in (("onnx", ["--runtime", "openvino"]), ("xml", [])):  # IR runs in OpenVINO by itself
+        result = xai_graph_cli("explain", tmp_path / f"lite.{name}", "-i", samples / "images", "-o",
+                               tmp_path / f"out_{name}", *extra)
+        assert result.returncode == 0, result.stderr
+        runs[name] = json.loads((tmp_path / f"out_{name}" / "predictions.json").read_text())
+    assert runs["xml"]["runtime"] == "openvino"
+    for a, b in zip(runs["onnx"]["images"], runs["xml"]["images"]):  # labels and preprocessing came from rt_info
+        assert [c["label"] for c in a["top"]] == [c["label"] for c in b["top"]]
+        assert a["top"][0]["score"] == pytest.approx(b["top"][0]["score"], abs=1e-4)
+    (tmp_path / "lite.bin").unlink()
+    broken = xai_graph_cli("explain", tmp_path / "lite.xml", "-i", samples / "images", "-o", tmp_path / "x")
+    assert broken.returncode == 1 and "not a readable OpenVINO IR" in broken.stderr and not (tmp_path / "x").exists()
+
+
+def test_explain_refuses_an_ir_without_a_head(exported, tmp_path):
+    import openvino
+
+    path, _, _ = exported(RESNET)
+    openvino.save_model(openvino.convert_model(str(path)), str(tmp_path / "plain.xml"))
+    image = tmp_path / "photo.png"
+    import cv2
+
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
+    result = xai_graph_cli("explain", tmp_path / "plain.xml", "-i", image, "-o", tmp_path / "out")
+    assert result.returncode == 1 and "no saliency_map output" in result.stderr and not (tmp_path / "out").exists()

@@ -61,6 +61,58 @@ class Explanation:
         return self.saliency[row]
 
 
+@dataclass
+class ModelFacts:
+    """What explain needs to know of a model, whichever format it came in."""
+
+    metadata: dict[str, str]
+    inputs: dict[str, list[int | None]]  # name -> dims (None: dynamic)
+    outputs: dict[str, tuple[tuple[int | None, ...], bool]]  # name -> (dims, integer dtype)
+
+
+def _static(dim) -> int | None:
+    dim = known_dim(dim)
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _onnx_facts(model: ir.Model) -> ModelFacts:
+    graph = model.graph
+    return ModelFacts(
+        dict(model.metadata_props),
+        {v.name: [_static(d) for d in v.shape] if v.shape is not None else [] for v in graph.inputs
+         if not v.is_initializer()},
+        {o.name: (tuple(_static(d) for d in o.shape or ()), o.dtype in _INTEGER_TYPES) for o in graph.outputs})
+
+
+def _ir_facts(path: Path) -> ModelFacts:
+    """Facts of an OpenVINO IR; its Model API `model_info` and the `xai_graph.*` record come from rt_info."""
+    import openvino as ov
+
+    if not path.is_file():
+        raise XaiGraphError(f"{path}: no such file")
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as exc:
+        raise XaiGraphError(f"{path}: not a readable OpenVINO IR ({str(exc).strip().splitlines()[0][:160]})") from None
+    rt_info = model.get_rt_info()
+    metadata = {}
+    for section in ("framework", "model_info"):
+        entries = rt_info[section] if section in list(rt_info.keys()) else {}
+        entries = entries.astype(dict) if hasattr(entries, "astype") else entries
+        for key, value in entries.items():
+            name = f"model_info {key}" if section == "model_info" else key
+            metadata[name] = value.astype(str) if hasattr(value, "astype") else str(value)
+
+    def dims(port) -> list[int | None]:
+        return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+    outputs = {o.get_any_name(): (tuple(dims(o)), o.get_element_type().is_integral()) for o in model.outputs}
+    if SALIENCY_MAP not in {n for o in model.outputs for n in o.get_names()}:
+        raise XaiGraphError(f"{path}: this IR has no saliency_map output; instrument the ONNX model "
+                            "(`xai-graph insert MODEL.onnx -o MODEL_xai.xml`): rewriting IR is not supported yet")
+    return ModelFacts(metadata, {i.get_any_name(): dims(i) for i in model.inputs}, outputs)
+
+
 class ModelOutput(NamedTuple):
     """One image's share of a model run."""
 
@@ -80,19 +132,25 @@ class Explainer:
     def __init__(self, model: str | os.PathLike, runtime: str = "onnxruntime", device: str = "CPU",
                  algo: str | None = None, classes: str = "predicted", top_k: int = 5, raw: bool = False,
                  size: tuple[int, int] | None = None, threads: int | None = None,
-                 box_threshold: float = 0.5, **preprocessing):
+                 box_threshold: float = 0.5, precision: str = "f32", **preprocessing):
         if runtime not in RUNTIMES:
             raise XaiGraphError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.source = Path(model)
+        if self.source.suffix == ".xml":  # OpenVINO IR: it runs in OpenVINO, and must already have its head
+            facts, self.model_path, self.instrumented_here = _ir_facts(self.source), self.source, False
+            runtime = "openvino"
+        else:
+            # Rendering only the predicted classes needs the best few maps only: a top-k head is cheaper.
+            head_top_k = max(5, top_k) if classes == "predicted" else None
+            graph_model, self.model_path, self.instrumented_here = self._instrumented(self.source, algo, raw,
+                                                                                      head_top_k)
+            facts = _onnx_facts(graph_model)
         self.runtime = runtime
-        # Rendering only the predicted classes needs maps for the best few only: a top-k head is cheaper.
-        head_top_k = max(5, top_k) if classes == "predicted" else None
-        graph_model, self.model_path, self.instrumented_here = self._instrumented(self.source, algo, raw, head_top_k)
-        self.metadata = dict(graph_model.metadata_props)
+        self.metadata = facts.metadata
         self.info = read_model_info(self.metadata)
         self.algo = self.metadata.get("xai_graph.algorithm", algo or "?")
-        self.session = open_model(self.model_path, runtime, **({"device": device} if runtime == "openvino" else {}),
-                                  **({"threads": threads} if threads else {}))
+        openvino_options = {"device": device, "precision": precision} if runtime == "openvino" else {}
+        self.session = open_model(self.model_path, runtime, **openvino_options, **({"threads": threads} if threads else {}))
         self.input_name = self.session.input_names[0]
         self.task = self.metadata.get("xai_graph.task", "classification")
         self.scores_name = self.metadata.get("xai_graph.scores") or self.session.output_names[0]
@@ -101,14 +159,14 @@ class Explainer:
             self.scores_name, self.scores_activation = DETECTION_CLASS_SCORES, "Sigmoid"
         self.box_threshold = box_threshold
         self.detection_layout = find_layout({
-            o.name: (tuple(known_dim(d) if isinstance(known_dim(d), int) else -1 for d in o.shape or ()),
-                     o.dtype in _INTEGER_TYPES) for o in graph_model.graph.outputs}) if self.task == "detection" else None
-        self.preprocessing, self.max_batch = self._preprocessing(graph_model, size, preprocessing)
+            name: (tuple(-1 if d is None else d for d in dims), integer)
+            for name, (dims, integer) in facts.outputs.items()}) if self.task == "detection" else None
+        self.preprocessing, self.max_batch = self._preprocessing(facts.inputs[self.input_name], size, preprocessing)
         self.class_selection = classes
         self.top_k = top_k
         if classes not in ("predicted", "all"):  # fail before the run, not once per image
-            scores = next(o for o in graph_model.graph.outputs if o.name == self.scores_name)
-            self.parse_classes(classes, known_dim(scores.shape[-1]) or 2**31)
+            dims = facts.outputs.get(self.scores_name, ((None,), False))[0]
+            self.parse_classes(classes, dims[-1] or 2**31)
 
     # -- set-up ----------------------------------------------------------------
     def _instrumented(self, source: Path, algo: str | None, raw: bool,
@@ -133,10 +191,7 @@ class Explainer:
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
         return model, save_model(model, folder / "instrumented.onnx"), True
 
-    def _preprocessing(self, model: ir.Model, size, overrides) -> tuple[Preprocessing, int | None]:
-        inputs = [i for i in model.graph.inputs if i.name == self.input_name]
-        dims = [known_dim(d) for d in inputs[0].shape] if inputs and inputs[0].shape is not None else []
-        dims = [d if isinstance(d, int) and d > 0 else None for d in dims]
+    def _preprocessing(self, dims: list[int | None], size, overrides) -> tuple[Preprocessing, int | None]:
         if len(dims) != 4:
             raise XaiGraphError(f"input '{self.input_name}' is not an image batch [B, C, H, W] or [B, H, W, C]")
         layout = "NHWC" if dims[3] in (1, 3) and dims[1] not in (1, 3) else "NCHW"
