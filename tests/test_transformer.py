@@ -148,3 +148,21 @@ def test_inspect_names_the_block_not_the_patch_embedding(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "task    transformer" in result.stdout and "4x4 patches" in result.stdout
     assert "classwisesaliencymap: yes (ViT Recipro-CAM)" in result.stdout
+
+
+def test_explain_a_vit_instrumented_on_the_fly(tmp_path):
+    import json
+
+    import cv2
+
+    from test_cli import xai_graph_cli
+
+    path = tmp_path / "vit.onnx"
+    torch.onnx.export(TinyViT(hand=True).eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False,
+                      opset_version=17, input_names=["image"], output_names=["scores"], dynamic_axes={"image": {0: "b"}})
+    cv2.imwrite(str(tmp_path / "photo.png"), (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8))
+    result = xai_graph_cli("explain", path, "-i", tmp_path / "photo.png", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "instrumented on the fly" in result.stderr
+    record = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"][0]
+    assert len(record["explained"]) == 1 and any(f.endswith("_overlay.png") for f in record["files"])

@@ -24,6 +24,7 @@ from xai_graph.graph.io import load_model, save_model
 from xai_graph.detections import Detection, find_layout, read_detections, to_image
 from xai_graph.graph.detection import find_class_heads
 from xai_graph.graph.targets import find_scores
+from xai_graph.graph.transformer import find_transformer
 from xai_graph.head import DETECTION_CLASS_SCORES, SALIENCY_CLASSES, SALIENCY_MAP, insert
 from xai_graph.methods import method_for
 from xai_graph.preprocess import Placement, Preprocessing, read_model_info
@@ -179,8 +180,8 @@ class Explainer:
                                     "re-insert it with `xai-graph insert --replace`")
             return model, source, False
         algo = algo or "classwisesaliencymap"
-        if find_class_heads(model) is not None:
-            top_k = None  # detectors: maps for every class (top-k heads are for classifiers)
+        if find_class_heads(model) is not None or find_transformer(model) is not None:
+            top_k = None  # detectors and transformers: maps for every class (top-k heads are for CNN classifiers)
         else:
             class_wise = method_for(algo, "classification").class_wise
             num_classes = known_dim(find_scores(model.graph).shape[-1])
