@@ -7,6 +7,7 @@ inference so that targets and tails have shapes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -154,24 +155,34 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
         raise XaiGraphError(f"{path}: refusing to overwrite the input model; choose another output path")
     if external_data is None:
         external_data = bool(model.meta.get("xai_graph.external_data")) or _estimated_bytes(model) > _PROTO_LIMIT_BYTES
-    if not path.parent.is_dir():
-        raise XaiGraphError(f"{path.parent}: output folder does not exist")
     data_name = path.name + ".data"
-    staging = Path(tempfile.mkdtemp(prefix=".xai-graph-", dir=path.parent))
-    try:
+    with _staging(path, "the model") as staging:
         staged = staging / path.name
         ir.save(model, staged, external_data=data_name if external_data else None)
         onnx.checker.check_model(str(staged))
         if external_data:
             os.replace(staging / data_name, path.parent / data_name)
         os.replace(staged, path)
+    return path
+
+
+@contextlib.contextmanager
+def _staging(path: Path, what: str):
+    """A temporary folder beside `path` to write into before files are moved into place; always removed.
+
+    Any failure inside becomes one XaiGraphError naming `path`, and leaves nothing behind.
+    """
+    if not path.parent.is_dir():
+        raise XaiGraphError(f"{path.parent}: output folder does not exist")
+    staging = Path(tempfile.mkdtemp(prefix=".xai-graph-", dir=path.parent))
+    try:
+        yield staging
     except XaiGraphError:
         raise
     except Exception as exc:
-        raise XaiGraphError(f"{path}: could not write the model ({_one_line(exc)})") from None
+        raise XaiGraphError(f"{path}: could not write {what} ({_one_line(exc)})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return path
 
 
 def _estimated_bytes(model: ir.Model) -> int:
@@ -191,10 +202,7 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, compress_fp16: bool = F
     path = Path(path)
     if path.suffix != ".xml":
         raise XaiGraphError(f"{path}: an OpenVINO IR path ends with .xml")
-    if not path.parent.is_dir():
-        raise XaiGraphError(f"{path.parent}: output folder does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=".xai-graph-", dir=path.parent))
-    try:
+    with _staging(path, "OpenVINO IR") as staging:
         onnx_path = save_model(model, staging / "model.onnx")
         converted = ov.convert_model(str(onnx_path))
         for key, value in model.metadata_props.items():
@@ -204,10 +212,4 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, compress_fp16: bool = F
         ov.save_model(converted, str(staged), compress_to_fp16=compress_fp16)
         os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
         os.replace(staged, path)
-    except XaiGraphError:
-        raise
-    except Exception as exc:
-        raise XaiGraphError(f"{path}: could not write OpenVINO IR ({_one_line(exc)})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return path
