@@ -29,7 +29,7 @@ from xai_graph.graph.analysis import GraphIndex, constant_array
 from xai_graph.graph.builder import GraphBuilder, static_dim
 from xai_graph.graph.tail import clone_tail
 from xai_graph.graph.targets import Target, is_global_pool
-from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
+from xai_graph.methods.base import MethodOptions, Saliency, SaliencyMethod, register_method
 
 GAUSSIAN_KERNEL = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float32) / 16
 MASKS = ("gaussian", "onehot")
@@ -37,6 +37,22 @@ SCORES = ("logits", "softmax", "sigmoid")
 _AVERAGING_POOLS = ("GlobalAveragePool", "ReduceMean", "AveragePool")
 # Ops that only reshape a [N, C(, 1, 1)] vector batch (Dropout is the identity at inference).
 _SHAPE_ONLY = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout")
+
+
+def check_mask_and_score(options: MethodOptions) -> None:
+    if options.mask not in MASKS:
+        raise XaiGraphError(f"unknown mask {options.mask!r}; choose one of {', '.join(MASKS)}")
+    if options.score not in SCORES:
+        raise XaiGraphError(f"unknown score {options.score!r}; choose one of {', '.join(SCORES)}")
+
+
+def class_score(b: GraphBuilder, logits: ir.Value, score: str, axis: int = -1) -> ir.Value:
+    """The per-class score read from the logits; `axis` is the class axis (Softmax needs it)."""
+    if score == "softmax":
+        return b.op("Softmax", logits, axis=-1) if axis == -1 else b.softmax(logits, axis, rank=3)
+    if score == "sigmoid":
+        return b.op("Sigmoid", logits)
+    return logits
 
 
 @register_method
@@ -48,10 +64,7 @@ class ReciproCAM(SaliencyMethod):
 
     def check(self, target: Target) -> None:
         super().check(target)
-        if self.options.mask not in MASKS:
-            raise XaiGraphError(f"unknown mask {self.options.mask!r}; choose one of {', '.join(MASKS)}")
-        if self.options.score not in SCORES:
-            raise XaiGraphError(f"unknown score {self.options.score!r}; choose one of {', '.join(SCORES)}")
+        check_mask_and_score(self.options)
         k = self.options.top_k
         if k is not None:
             if self.options.score == "softmax":
@@ -171,13 +184,7 @@ class ReciproCAM(SaliencyMethod):
         return x
 
     def score(self, b: GraphBuilder, logits: ir.Value, axis: int = -1) -> ir.Value:
-        """The per-class score read from the logits; `axis` is the class axis (Softmax needs it)."""
-        if self.options.score == "softmax":
-            return b.op("Softmax", logits, axis=-1) if axis == -1 else b.softmax(logits, axis, rank=3)
-        if self.options.score == "sigmoid":
-            return b.op("Sigmoid", logits)
-        return logits
-
+        return class_score(b, logits, self.options.score, axis)
 
 def _keepdims(node: ir.Node) -> bool:
     return node.attributes["keepdims"].as_int() != 0 if "keepdims" in node.attributes else True

@@ -19,7 +19,7 @@ from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.tail import clone_tail
 from xai_graph.graph.transformer import TransformerBlock
 from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
-from xai_graph.methods.recipro_cam import GAUSSIAN_KERNEL, MASKS, SCORES
+from xai_graph.methods.recipro_cam import GAUSSIAN_KERNEL, check_mask_and_score, class_score
 
 
 def token_masks(grid: tuple[int, int], extra: int, kind: str) -> np.ndarray:
@@ -48,8 +48,7 @@ class ViTReciproCAM(SaliencyMethod):
 
     def check(self, target: TransformerBlock) -> None:
         super().check(target)
-        if self.options.mask not in MASKS or self.options.score not in SCORES:
-            raise XaiGraphError(f"mask must be one of {', '.join(MASKS)} and score one of {', '.join(SCORES)}")
+        check_mask_and_score(self.options)
         if self.options.top_k is not None:
             raise XaiGraphError("top-k maps are not available for transformers yet")
 
@@ -76,10 +75,7 @@ class ViTReciproCAM(SaliencyMethod):
                           **{k: a.value for k, a in norm.attributes.items()})
         scores = clone_tail(b, target.tail, target.tokens, masked(target.tokens), target.logits,
                             also={target.normalised: masked(normalised)})  # [B*hw, K]
-        if self.options.score == "softmax":
-            scores = b.op("Softmax", scores, axis=-1)
-        elif self.options.score == "sigmoid":
-            scores = b.op("Sigmoid", scores)
+        scores = class_score(b, scores, self.options.score)
         per_image = b.op("Transpose", b.reshape(scores, -1, h * w, b.dim(target.logits, 1)), perm=[0, 2, 1])
         return Saliency(b.reshape(per_image, 0, 0, h, w), form=self.form(target))
 
