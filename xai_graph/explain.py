@@ -187,7 +187,7 @@ class Explainer:
             num_classes = known_dim(find_scores(model.graph).shape[-1])
             if not class_wise or (num_classes is not None and top_k is not None and top_k >= num_classes):
                 top_k = None
-        model = insert(model, algo, raw=raw, top_k=top_k)
+        model = insert(model, algo, raw=raw, top_k=top_k, check=False)  # save_model checks the written file
         folder = Path(tempfile.mkdtemp(prefix="xai-graph-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
         return model, save_model(model, folder / "instrumented.onnx"), True
