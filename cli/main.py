@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -23,10 +24,15 @@ from xai_graph.runtime import RUNTIMES
 from xai_graph.report import describe
 
 
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"note: {message}", err=True)  # library warnings as one line, without source lines
+
+
 class _Group(click.Group):
     """Turns library errors into one line and a non-zero exit, never a traceback."""
 
     def invoke(self, ctx):
+        warnings.showwarning = _note
         try:
             return super().invoke(ctx)
         except XaiGraphError as exc:
@@ -37,6 +43,8 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; nothing was written", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # the reader went away (`| head`): nothing to report
+            sys.exit(0)
         except Exception as exc:  # a bug: still one line, and say where to report it
             click.echo(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                        "please report it with the model", err=True)
@@ -46,7 +54,8 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(xai_graph.__version__, prog_name="xai-graph")
 def main():
-    """Saliency-map heads inside ONNX models: insert them, inspect models, explain images, benchmark the cost."""
+    """Saliency-map heads inside ONNX and OpenVINO IR models: insert them, inspect models, explain images,
+    benchmark the cost."""
 
 
 @main.command()
@@ -89,9 +98,15 @@ def main():
 def insert(model, algo, output, target_layer, mask, score, class_maps, brute_force, heads, num_anchors, num_classes,
            det_score, map_size, background, raw, feature_vector, replace, out_format, compress_fp16, labels, mean, std,
            bgr, resize):
-    """Insert a saliency head into MODEL (.onnx); write ONNX, or OpenVINO IR with --format ir / -o OUT.xml."""
-    out_format = out_format or ("ir" if output is not None and output.suffix == ".xml" else "onnx")
+    """Insert a saliency head into MODEL (.onnx or OpenVINO .xml); write ONNX, or OpenVINO IR with --format ir /
+    -o OUT.xml (always IR for an IR input)."""
+    from_ir = model.suffix == ".xml"
+    out_format = out_format or ("ir" if from_ir or (output is not None and output.suffix == ".xml") else "onnx")
+    if from_ir and (out_format == "onnx" or (output is not None and output.suffix != ".xml")):
+        raise XaiGraphError("an OpenVINO IR is rewritten as IR: write to OUT.xml (there is no way back to ONNX)")
     output = output or model.with_name(model.stem + ("_xai.xml" if out_format == "ir" else "_xai.onnx"))
+    if output.exists() and model.exists() and output.resolve() == model.resolve():
+        raise XaiGraphError(f"{output}: refusing to overwrite the input model; choose another output path")
     start = time.perf_counter()
     label_list = labels.read_text().splitlines() if labels else None
     preprocessing = model_info_metadata(labels=[x for x in label_list if x.strip()] if label_list else None,
@@ -107,10 +122,9 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
         xai_graph.save_ir(result, output, compress_fp16=compress_fp16)
     else:
         xai_graph.save_model(result, output)
-    saliency = next(o for o in result.graph.outputs if o.name == "saliency_map")
-    click.echo(f"{output}: {result.metadata_props['xai_graph.method']} on '{result.metadata_props['xai_graph.target']}', "
-               f"saliency_map {shape_text(saliency)} {saliency.dtype.name.lower()} "
-               f"({time.perf_counter() - start:.2f} s)")
+    summary = xai_graph.head_summary(result)
+    click.echo(f"{output}: {summary['method']} on '{summary['target']}', saliency_map {summary['shape']} "
+               f"{summary['dtype']} ({time.perf_counter() - start:.2f} s)")
 
 
 @main.command()
@@ -123,7 +137,7 @@ def inspect(model, target_layer, as_json):
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
-    click.echo(f"model   {report.path} (opset {report.opset})")
+    click.echo(f"model   {report.path} ({f'opset {report.opset}' if report.opset else 'OpenVINO IR'})")
     for kind, values in (("input ", report.inputs), ("output", report.outputs)):
         for v in values:
             click.echo(f"{kind}  {v['name']} {v['shape']} {v['dtype']}")
@@ -261,8 +275,8 @@ def bench(model, algos, runtime, batches, threads, rounds, size, class_maps, as_
     """Latency of MODEL with and without saliency heads, side by side in one process.
 
     Reports median and p90 latency, throughput, the instrumented/original ratio, memory added,
-    model-size growth and insertion time; Recipro-CAM's cloned-tail (brute-force) form is measured
-    beside the fused one."""
+    model-size growth and insertion time; the brute-force form of (ViT) Recipro-CAM (cloned tail
+    or block) is measured beside the cheap one."""
     try:
         batch_sizes = [int(b) for b in batches.split(",")]
     except ValueError:

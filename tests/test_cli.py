@@ -138,7 +138,7 @@ def _bad_inputs(folder: Path) -> dict[str, tuple[list, str]]:
         "missing file": (["insert", folder / "absent.onnx"], "no such file"),
         "not onnx": (["insert", folder / "notes.onnx"], "not"),
         "truncated": (["insert", folder / "truncated.onnx"], "truncated.onnx"),
-        "no spatial map": (["insert", folder / "mlp.onnx"], "no spatial feature map"),
+        "no spatial map": (["insert", folder / "mlp.onnx"], "fed by no spatial map"),
         "unknown target": (["insert", model, "--target-layer", "nope"], "candidate maps:"),
         "output is input": (["insert", model, "-o", model], "refusing to overwrite the input"),
         "already has head": (["insert", with_head, "-o", folder / "again.onnx"], "--replace"),

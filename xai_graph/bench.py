@@ -1,7 +1,7 @@
 """`xai-graph bench`: what a saliency head costs, measured beside the original model.
 
-All variants (the original, each algorithm, and Recipro-CAM's cloned-tail form
-beside its fused form) are loaded in one process and run interleaved, one call
+All variants (the original, each algorithm, and the brute-force form of
+Recipro-CAM and ViT Recipro-CAM (cloned tail or block) beside the cheap one) are loaded in one process and run interleaved, one call
 each per round in a rotating order, so that machine noise hits them alike; the
 ratios compare medians from the same rounds.
 """
@@ -64,20 +64,23 @@ def prepare_variants(model: Path, algos: list[str], folder: Path, top_k: int | N
     skipped: dict[str, str] = {}
     base_size = _file_size(model)
     for algo in algos:
+        forms = []
         for brute_force in ([False, True] if brute_force_too else [False]):
             start = time.perf_counter()
             try:
                 result = insert(model, algo, top_k=top_k if algo == "classwisesaliencymap" else None,
                                 brute_force=brute_force, check=False)  # as `xai-graph insert` does
             except XaiGraphError as exc:
-                skipped[algo] = str(exc)
+                if not forms:
+                    skipped[algo] = str(exc)
                 break
+            form = result.metadata_props["xai_graph.method"].partition("(")[2].rstrip(")")
+            if form in forms:
+                break  # the method has no cheaper form here: brute force built the same head
+            forms.append(form)
             path = save_model(result, folder / f"{algo}{'_cloned' if brute_force else ''}.onnx")
             seconds = time.perf_counter() - start
-            form = result.metadata_props["xai_graph.method"].partition("(")[2].rstrip(")")
             variants.append(Variant(f"{algo} ({form})" if form else algo, path, seconds, _file_size(path) - base_size))
-            if form != "fused":
-                break  # only a fused Recipro-CAM has a second, cloned-tail form to measure beside it
     return variants, skipped
 
 
@@ -165,11 +168,12 @@ def benchmark(model: str | os.PathLike, algos: list[str], runtimes: list[str], b
 
 
 def format_table(rows: list[Measurement]) -> str:
-    lines = [f"{'runtime':<12}{'batch':>6}  {'variant':<36}{'median ms':>10}{'p90 ms':>9}{'img/s':>9}"
+    width = max([36, *(len(r.variant) + 2 for r in rows)])
+    lines = [f"{'runtime':<12}{'batch':>6}  {'variant':<{width}}{'median ms':>10}{'p90 ms':>9}{'img/s':>9}"
              f"{'ratio':>8}{'peak MB':>9}{'growth KB':>10}{'insert s':>9}"]
     for r in rows:
         insert_s = f"{r.insert_seconds:.2f}" if r.insert_seconds is not None else "-"
-        lines.append(f"{r.runtime:<12}{r.batch:>6}  {r.variant:<36}{r.median_ms:>10.2f}{r.p90_ms:>9.2f}"
+        lines.append(f"{r.runtime:<12}{r.batch:>6}  {r.variant:<{width}}{r.median_ms:>10.2f}{r.p90_ms:>9.2f}"
                      f"{r.images_per_second:>9.1f}{r.ratio:>8.3f}{r.peak_memory_mb:>9.0f}"
                      f"{r.size_growth_bytes / 1024:>10.1f}{insert_s:>9}")
     return "\n".join(lines)

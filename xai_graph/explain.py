@@ -23,6 +23,7 @@ from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.io import load_model, save_model
 from xai_graph.detections import Detection, find_layout, read_detections, to_image
 from xai_graph.graph.detection import find_class_heads
+from xai_graph.graph.openvino_ir import read_ir
 from xai_graph.graph.targets import find_scores
 from xai_graph.graph.transformer import find_transformer
 from xai_graph.head import DETECTION_CLASS_SCORES, SALIENCY_CLASSES, SALIENCY_MAP, insert
@@ -87,17 +88,11 @@ def _onnx_facts(model: ir.Model) -> ModelFacts:
 
 def _ir_facts(path: Path) -> ModelFacts:
     """Facts of an OpenVINO IR; its Model API `model_info` and the `xai_graph.*` record come from rt_info."""
-    import openvino as ov
 
-    if not path.is_file():
-        raise XaiGraphError(f"{path}: no such file")
-    try:
-        model = ov.Core().read_model(str(path))
-    except Exception as exc:
-        raise XaiGraphError(f"{path}: not a readable OpenVINO IR ({str(exc).strip().splitlines()[0][:160]})") from None
+    model = read_ir(path)
     rt_info = model.get_rt_info()
     metadata = {}
-    for section in ("framework", "model_info"):
+    for section in ("framework", "xai_graph", "model_info"):
         entries = rt_info[section] if section in list(rt_info.keys()) else {}
         entries = entries.astype(dict) if hasattr(entries, "astype") else entries
         for key, value in entries.items():
@@ -108,9 +103,6 @@ def _ir_facts(path: Path) -> ModelFacts:
         return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
 
     outputs = {o.get_any_name(): (tuple(dims(o)), o.get_element_type().is_integral()) for o in model.outputs}
-    if SALIENCY_MAP not in {n for o in model.outputs for n in o.get_names()}:
-        raise XaiGraphError(f"{path}: this IR has no saliency_map output; instrument the ONNX model "
-                            "(`xai-graph insert MODEL.onnx -o MODEL_xai.xml`): rewriting IR is not supported yet")
     return ModelFacts(metadata, {i.get_any_name(): dims(i) for i in model.inputs}, outputs)
 
 
@@ -137,9 +129,9 @@ class Explainer:
         if runtime not in RUNTIMES:
             raise XaiGraphError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.source = Path(model)
-        if self.source.suffix == ".xml":  # OpenVINO IR: it runs in OpenVINO, and must already have its head
-            facts, self.model_path, self.instrumented_here = _ir_facts(self.source), self.source, False
-            runtime = "openvino"
+        if self.source.suffix == ".xml":  # OpenVINO IR: it runs in OpenVINO
+            self.model_path, self.instrumented_here = self._instrumented_ir(self.source, algo, raw)
+            facts, runtime = _ir_facts(self.model_path), "openvino"
         else:
             # Rendering only the predicted classes needs the best few maps only: a top-k head is cheaper.
             head_top_k = max(5, top_k) if classes == "predicted" else None
@@ -191,6 +183,15 @@ class Explainer:
         folder = Path(tempfile.mkdtemp(prefix="xai-graph-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
         return model, save_model(model, folder / "instrumented.onnx"), True
+
+    def _instrumented_ir(self, source: Path, algo: str | None, raw: bool) -> tuple[Path, bool]:
+        """The IR itself where it has a head, else a copy instrumented (natively, full maps) in a temporary folder."""
+        if SALIENCY_MAP in {name for port in read_ir(source).outputs for name in port.get_names()}:
+            return source, False
+        model = insert(source, algo or "classwisesaliencymap", raw=raw)
+        folder = Path(tempfile.mkdtemp(prefix="xai-graph-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+        return save_model(model, folder / "instrumented.xml"), True
 
     def _preprocessing(self, dims: list[int | None], size, overrides) -> tuple[Preprocessing, int | None]:
         if len(dims) != 4:

@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from xai_graph import __version__
 from xai_graph.errors import XaiGraphError
-from xai_graph.graph.analysis import known_dim
+from xai_graph.graph.analysis import known_dim, shape_text
 from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
 from xai_graph.graph.detection import DetectorHeads, find_class_heads
@@ -70,7 +70,57 @@ def insert(
     `classwisesaliencymap` is then DetClassProbabilityMap (`det_score`, `map_size`,
     `background`). ViT-style classifiers get ViT Recipro-CAM.
     """
-    model = to_ir(model)
+    options = {k: v for k, v in locals().items() if k not in ("model", "algo")}
+    if is_openvino(model):
+        return _insert_openvino(model, algo, **options)
+    return _insert_into(to_ir(model), algo, **options)
+
+
+def is_openvino(model) -> bool:
+    """An OpenVINO IR path (.xml) or an `openvino.Model`."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model).endswith(".xml")
+    return type(model).__module__.startswith("openvino")
+
+
+def _insert_openvino(model, algo: str, **options):
+    """`insert` on OpenVINO IR: the same analysis and recipes on the model's mirror, lowered back."""
+    import warnings
+
+    from xai_graph.graph.openvino_ir import Mirror, lower, make_batch_dynamic, read_ir
+
+    ov_model = read_ir(model) if isinstance(model, (str, os.PathLike)) else model.clone()
+    if any(SALIENCY_MAP in port.get_names() for port in ov_model.outputs):
+        raise XaiGraphError("the IR already has a saliency_map output; insert into the model without it")
+    dynamic = make_batch_dynamic(ov_model)
+    mirror = Mirror(ov_model)
+    result = _insert_into(mirror.ir_model, algo, **{**options, "check": False})
+    metadata = dict(result.metadata_props)
+    if not dynamic:
+        metadata["xai_graph.batch"] = "static: OpenVINO could not make the batch dynamic"
+        warnings.warn("OpenVINO could not make this IR's batch dynamic: the head works at the model's own batch",
+                      stacklevel=3)
+    return lower(mirror, metadata)
+
+
+def head_summary(model) -> dict[str, str]:
+    """What `insert` built, for one line of output: method, target, saliency_map shape and dtype."""
+    if isinstance(model, ir.Model):
+        saliency = next(o for o in model.graph.outputs if o.name == SALIENCY_MAP)
+        return {"method": model.metadata_props["xai_graph.method"], "target": model.metadata_props["xai_graph.target"],
+                "shape": shape_text(saliency), "dtype": saliency.dtype.name.lower()}
+    port = next(o for o in model.outputs if SALIENCY_MAP in o.get_names())
+    record = {key: model.get_rt_info(["xai_graph", key]).astype(str) for key in ("xai_graph.method", "xai_graph.target")}
+    dims = ", ".join(str(d.get_length()) if d.is_static else "?" for d in port.get_partial_shape())
+    return {"method": record["xai_graph.method"], "target": record["xai_graph.target"], "shape": f"[{dims}]",
+            "dtype": {"u8": "uint8", "f32": "float"}.get(port.get_element_type().get_type_name(),
+                                                         port.get_element_type().get_type_name())}
+
+
+def _insert_into(model: ir.Model, algo: str, *, target_layer, mask, score, raw, feature_vector, replace, metadata,
+                 top_k, brute_force, check, heads, num_anchors, num_classes, det_score, map_size,
+                 background) -> ir.Model:
+    """`insert` on an onnx-ir model, in place."""
     graph = model.graph
     if any(out.name in HEAD_OUTPUTS for out in graph.outputs):
         if not replace:

@@ -11,6 +11,7 @@ from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import shape_text
 from xai_graph.graph.detection import find_class_heads
 from xai_graph.graph.io import load_model
+from xai_graph.graph.openvino_ir import Mirror, read_ir
 from xai_graph.graph.targets import find_target
 from xai_graph.graph.transformer import find_transformer
 from xai_graph.methods import MethodOptions, methods_for_task
@@ -19,7 +20,7 @@ from xai_graph.methods import MethodOptions, methods_for_task
 @dataclass
 class ModelReport:
     path: str
-    opset: int
+    opset: int  # 0 for OpenVINO IR
     inputs: list[dict]
     outputs: list[dict]
     metadata: dict[str, str]
@@ -43,11 +44,11 @@ def _describe_value(v: ir.Value) -> dict:
 
 
 def describe(path: str | os.PathLike, target_layer: str | None = None) -> ModelReport:
-    model = load_model(path)
+    model = Mirror(read_ir(path)).ir_model if str(path).endswith(".xml") else load_model(path)
     graph = model.graph
     report = ModelReport(
         path=str(path),
-        opset=model.opset_imports.get("", 0),
+        opset=0 if str(path).endswith(".xml") else model.opset_imports.get("", 0),
         inputs=[_describe_value(v) for v in graph.inputs if not v.is_initializer()],
         outputs=[_describe_value(v) for v in graph.outputs],
         metadata=dict(model.metadata_props),
@@ -70,10 +71,13 @@ def describe(path: str | os.PathLike, target_layer: str | None = None) -> ModelR
         report.task, report.reason = "transformer", block.reason
         report.scores, report.final_activation = block.scores.name, block.final_activation
         report.target, report.target_shape = block.tokens.name, shape_text(block.tokens)
-        transformer_methods = {m.algo: m for m in methods_for_task("transformer")}
+        transformer_methods = {m.algo: m(MethodOptions()) for m in methods_for_task("transformer")}
         for cls in methods_for_task("classification"):
-            report.algorithms[cls.algo] = (f"yes ({transformer_methods[cls.algo].title})"
-                                           if cls.algo in transformer_methods else "not for transformers yet")
+            method = transformer_methods.get(cls.algo)
+            form = method.form(block) if method else ""
+            why = f"; {block.why_cloned}" if form == "cloned block" and block.why_cloned else ""
+            report.algorithms[cls.algo] = (f"yes ({method.title}{', ' + form if form else ''}{why})" if method
+                                           else "not for transformers yet")
         return report
     try:
         target = find_target(model, target_layer)

@@ -167,11 +167,29 @@ def find_class_heads(model: ir.Model, heads: list[str] | None = None, num_anchor
     graph = model.graph
     index = GraphIndex(graph)
     if heads:
-        levels = [_named(graph, name) for name in heads]
-        activation, outputs = None, []
+        levels, outputs, shaped_like_scores = [], [], []
+        found = {}
+        for name in heads:
+            value = _named(graph, name)
+            if spatial_size(value) is not None:
+                levels.append(value)
+                continue
+            # A score output: its class maps are the spatial tensors behind it, with or without an activation
+            # (TFLite BlazeFace leaves the sigmoid to its post-processing).
+            roots, selected = _walk_back(value, index)
+            if not any(spatial_size(v) for v in roots):
+                raise XaiGraphError(f"--head {name!r} is {shape_text(value)}, and no [B, A*K, h, w] maps reach it "
+                                    "through Reshape/Transpose/Concat/Split/Slice")
+            found.update(roots)
+            outputs.append(value)
+            if not selected:
+                shaped_like_scores.append(value)
+        found = _without_objectness(found)
+        levels += list(found)
+        windows = {v: w for v, (_, w) in found.items()}
+        activations = {a for a, _ in found.values()}
+        activation = activations.pop() if len(activations) == 1 else None
         reason = "named with --head"
-        windows: dict[ir.Value, Window] = {}
-        shaped_like_scores = []
     else:
         found: dict[ir.Value, tuple[str, Window]] = {}
         outputs, shaped_like_scores = [], []
@@ -217,8 +235,6 @@ def _named(graph: ir.Graph, name: str) -> ir.Value:
     for node in graph:
         for v in node.outputs:
             if v.name == name or node.name == name:
-                if spatial_size(v) is None:
-                    raise XaiGraphError(f"--head {name!r} is {shape_text(v)}, not a [B, A*K, h, w] map")
                 return v
     raise XaiGraphError(f"--head {name!r} is neither a value nor a node of the model")
 

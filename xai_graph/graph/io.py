@@ -149,6 +149,8 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
     always a fresh one named after the output: links back into the source's data
     file would make a model that loads nowhere else.
     """
+    if not isinstance(model, ir.Model):  # an openvino.Model, from `insert` on IR
+        return save_ir(model, path)
     path = Path(path)
     source = model.meta.get("xai_graph.source")
     if source and path.exists() and os.path.samefile(path, source):
@@ -189,8 +191,9 @@ def _estimated_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
-def save_ir(model: ir.Model, path: str | os.PathLike, *, compress_fp16: bool = False) -> Path:
-    """Write `model` as OpenVINO IR (`.xml` + `.bin`) atomically, through `openvino.convert_model`.
+def save_ir(model, path: str | os.PathLike, *, compress_fp16: bool = False) -> Path:
+    """Write `model` (onnx-ir, or an `openvino.Model`) as OpenVINO IR (`.xml` + `.bin`) atomically;
+    onnx-ir models are converted with `openvino.convert_model`.
 
     Weights stay f32 unless `compress_fp16` (OpenVINO's own default would halve them).
     Model API entries (`model_info <key>` in the ONNX metadata) become `rt_info` under
@@ -203,11 +206,13 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, compress_fp16: bool = F
     if path.suffix != ".xml":
         raise XaiGraphError(f"{path}: an OpenVINO IR path ends with .xml")
     with _staging(path, "OpenVINO IR") as staging:
-        onnx_path = save_model(model, staging / "model.onnx")
-        converted = ov.convert_model(str(onnx_path))
-        for key, value in model.metadata_props.items():
-            if key.startswith("model_info "):
-                converted.set_rt_info(value, ["model_info", key.split(" ", 1)[1]])
+        if isinstance(model, ir.Model):
+            converted = ov.convert_model(str(save_model(model, staging / "model.onnx")))
+            for key, value in model.metadata_props.items():
+                if key.startswith("model_info "):
+                    converted.set_rt_info(value, ["model_info", key.split(" ", 1)[1]])
+        else:
+            converted = model
         staged = staging / path.name
         ov.save_model(converted, str(staged), compress_to_fp16=compress_fp16)
         os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))

@@ -35,20 +35,31 @@ def clone_tail(builder: GraphBuilder, tail: Sequence[ir.Node], start: ir.Value,
     if foreign and not reshapes_only:
         names = ", ".join(v.name for v in foreign)
         raise XaiGraphError(f"the head after '{start.name}' also reads {names}; it cannot be cloned alone")
-    mapping: dict[ir.Value, ir.Value] = {start: new_start, **also}
-    for node in tail:
+    mapping = clone_nodes(builder, tail, {start: new_start, **also}, batch_free=True)
+    return mapping[end]
+
+
+def clone_nodes(builder: GraphBuilder, nodes: Sequence[ir.Node], mapping: dict[ir.Value, ir.Value],
+                batch_free: bool = False) -> dict[ir.Value, ir.Value]:
+    """Append copies of `nodes` (in order) reading `mapping[v]` wherever they read `v`; return the mapping
+    extended with every copied output.
+
+    `batch_free`: the copies run at another batch size, so Reshape shapes from outside
+    the copy are freed (`_batch_free_shape`); otherwise the copies see the same shapes.
+    """
+    mapping = dict(mapping)
+    for node in nodes:
         if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
-            raise XaiGraphError(f"the head after '{start.name}' contains control flow ({node.op_type}); "
-                                "it cannot be cloned")
+            raise XaiGraphError(f"'{node.name}' contains control flow ({node.op_type}); it cannot be cloned")
         inputs = [mapping.get(v, v) if v is not None else None for v in node.inputs]
         attrs = {name: _copy_attr(attr) for name, attr in node.attributes.items()}
-        if node.op_type == "Reshape" and node.inputs[1] not in mapping:
+        if batch_free and node.op_type == "Reshape" and node.inputs[1] not in mapping:
             inputs[1] = _batch_free_shape(builder, node)
             attrs.pop("allowzero", None)  # the runtime form copies the batch with 0
         outputs = builder.op_multi(node.op_type, *inputs, num_outputs=len(node.outputs), **attrs) \
             if node.domain == "" else _clone_custom(builder, node, inputs)
         mapping.update(zip(node.outputs, outputs))
-    return mapping[end]
+    return mapping
 
 
 def _batch_free_shape(builder: GraphBuilder, node: ir.Node) -> ir.Value:

@@ -127,8 +127,9 @@ def find_target(model: ir.Model, target_layer: str | None = None, need_scores: b
     for pool in pools:
         pool.feeds_scores = is_sole_source(pool.node.outputs[0])
 
-    def is_candidate(v: ir.Value) -> bool:
-        return _has_spatial_extent(v) and v in index.data_dependent and is_sole_source(v)
+    def is_candidate(v: ir.Value) -> bool:  # (a node's other outputs, such as MaxPool's indices, may not feed it)
+        feeds_scores = any(user in ancestors for user in v.consumers())
+        return feeds_scores and _has_spatial_extent(v) and v in index.data_dependent and is_sole_source(v)
 
     # The last few maps, nearest the scores first in the search; checking every
     # value of a deep network would cost O(nodes^2).
@@ -163,8 +164,10 @@ def find_target(model: ir.Model, target_layer: str | None = None, need_scores: b
                                   f"'{scores.name}'")
     if candidates:
         return target(candidates[-1], f"last spatial map before the head of '{scores.name}' (no global pooling)")
-    raise XaiGraphError(f"no spatial feature map [B, C, h, w] feeds the output '{scores.name}'; "
-                        "this does not look like a CNN classifier")
+    raise XaiGraphError(f"'{scores.name}' is fed by no spatial map [B, C, h, w] (CNN) and by no recognised "
+                        "transformer block (tokens [B, 1 or 2 + h*w, D] through pre-norm blocks and a final "
+                        "layer norm); this is neither a CNN nor a ViT-style classifier: name a map with "
+                        "--target-layer")
 
 
 def _named_value(graph: ir.Graph, name: str) -> ir.Value | None:

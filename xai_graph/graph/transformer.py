@@ -1,12 +1,18 @@
-"""Recognise a ViT / DeiT-style classifier: the last encoder block and its patch grid.
+"""Recognise a ViT / DeiT-style classifier: the last encoder block, its attention and its patch grid.
 
 Pattern (pre-norm blocks, `x' = x + Attn(LN1(x)); y = x' + MLP(LN2(x'))`), found
-from the scores backwards: the final LayerNormalization is the last one the logits
-depend on (ViT reads its class token; DeiT averages the heads of its class and
-distillation tokens) <- y = Add(x', mlp) <- x' = Add(x, attn). The block's
-input x is the Add operand the other one depends on; LN1 is the LayerNormalization
-reading x. Tokens are [B, T, D] with T = extra + h*w, one or two extra tokens
-(class, DeiT's distillation) in front of a square patch grid.
+from the scores backwards: the final layer norm is the last one the logits depend
+on (ViT reads its class token; DeiT averages the heads of its class and
+distillation tokens) <- y = Add(x', mlp) <- x' = Add(x, attn). The block's input x
+is the Add operand the other one depends on; LN1 is the layer norm reading x.
+Tokens are [B, T, D] with T = extra + h*w, one or two extra tokens (class, DeiT's
+distillation) in front of a square patch grid. A layer norm is one
+LayerNormalization node (opset 17+) or its decomposition (ReduceMean, Sub, Pow,
+ReduceMean, Add, Sqrt, Div, then Mul and Add: opset < 17 exports).
+
+Inside the block, the attention core `softmax(f(Q @ K^T)) @ V` (f: scaling) is
+located too, for ViT Recipro-CAM's class-token form; where it cannot be, the
+reason is kept and only the cloned-block form applies.
 """
 
 from __future__ import annotations
@@ -16,25 +22,63 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from xai_graph.graph.analysis import GraphIndex, known_dim
+from xai_graph.graph.analysis import GraphIndex, constant_array, known_dim
 from xai_graph.graph.targets import find_scores, strip_score_activation
+
+_ELEMENTWISE = {"Mul", "Div", "Add", "Sub"}
+# Ops after attention that act on each token alone, so a token's row can be computed on its own.
+_PER_TOKEN = _ELEMENTWISE | {"LayerNormalization", "Reshape", "Transpose", "Erf", "Gelu", "Relu",
+                             "Sigmoid", "Tanh", "Pow", "Sqrt", "ReduceMean", "Cast", "Identity", "Shape", "Gather",
+                             "Slice", "Concat", "Unsqueeze", "Squeeze", "Constant", "Flatten", "HardSigmoid",
+                             "HardSwish", "Softplus", "Reciprocal", "Neg", "Min", "Max", "Clip"}
+
+
+@dataclass
+class LayerNorm:
+    input: ir.Value
+    output: ir.Value
+    nodes: list[ir.Node]  # one LayerNormalization node, or its decomposition in graph order
+
+
+@dataclass
+class Attention:
+    """`output = softmax(f(query @ keys)) @ values` inside the last block; token axes: -2, -1, -2."""
+
+    query: ir.Value  # [..., T, d]
+    keys: ir.Value  # K transposed, [..., d, T]
+    values: ir.Value  # [..., T, d]
+    output: ir.Value  # [..., T, d]
+    logit_nodes: list[ir.Node]  # the Q @ K^T MatMul and f, in order; their last output enters the Softmax.
+    #                             Empty for OpenVINO's fused ScaledDotProductAttention: f = scale * . + bias
+    projections: list[ir.Node]  # data nodes from LN1's output to keys and values
+    after: list[ir.Node]  # nodes from output to the block's output y (projection, residuals, MLP)
+    scale: float | ir.Value | None = None
+    bias: float = 0.0  # fused attention: a constant added to every logit
 
 
 @dataclass
 class TransformerBlock:
     tokens: ir.Value  # x, the sequence entering the last block, [B, T, D]
-    normalised: ir.Value  # LN1(x), what enters attention
+    norm1: LayerNorm  # LN1, whose output enters attention
+    block_output: ir.Value  # y
     scores: ir.Value
     logits: ir.Value
     final_activation: str | None
     extra_tokens: int
     grid: tuple[int, int]
     tail: list[ir.Node] = field(default_factory=list)  # nodes from x to the logits
+    head: list[ir.Node] = field(default_factory=list)  # nodes from y to the logits
+    attention: Attention | None = None  # None: the class-token form does not apply, see `why_cloned`
+    why_cloned: str = ""
     reason: str = ""
 
     @property
     def value(self) -> ir.Value:  # the name the head pipeline records as the target
         return self.tokens
+
+    @property
+    def normalised(self) -> ir.Value:
+        return self.norm1.output
 
     @property
     def num_classes(self) -> int | None:
@@ -47,6 +91,55 @@ def _producer(value: ir.Value | None, *ops: str) -> ir.Node | None:
     return node if node is not None and node.op_type in ops else None
 
 
+def _other_input(node: ir.Node, value: ir.Value) -> ir.Value | None:
+    others = [v for v in node.inputs if v is not value]
+    return others[0] if len(others) == 1 else None
+
+
+def _with_affine(nodes: list[ir.Node]) -> LayerNorm:
+    """The norm extended through the Mul (weight) and Add (bias) that follow it, where they are constants."""
+    out = nodes[-1].outputs[0]
+    for op in ("Mul", "Add"):
+        users = out.consumers()
+        if len(users) == 1 and users[0].op_type == op and constant_array(_other_input(users[0], out)) is not None:
+            nodes.append(users[0])
+            out = users[0].outputs[0]
+    return LayerNorm(nodes[0].inputs[0], out, nodes)
+
+
+def _decomposed_norm(div: ir.Node) -> LayerNorm | None:
+    """(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* weight] [+ bias], from its Div."""
+    centred = _producer(div.inputs[0], "Sub")
+    root = _producer(div.inputs[1], "Sqrt")
+    mean = _producer(centred.inputs[1], "ReduceMean") if centred else None
+    if mean is None or root is None or mean.inputs[0] is not centred.inputs[0]:
+        return None
+    plus_eps = _producer(root.inputs[0], "Add")
+    variance = next((p for v in plus_eps.inputs if (p := _producer(v, "ReduceMean"))), None) if plus_eps else None
+    square = _producer(variance.inputs[0], "Pow", "Mul") if variance else None
+    if square is None or centred.outputs[0] not in square.inputs:
+        return None
+    return _with_affine([mean, centred, square, variance, plus_eps, root, div])
+
+
+def _is_last_axis_mvn(node: ir.Node) -> bool:
+    """OpenVINO's MVN over the last axis with variance: a layer norm without its affine part."""
+    if node.domain != "ov" or node.op_type != "MVN" or not node.attributes.get("normalize_variance"):
+        return False
+    return _reduces_last_axis(node)
+
+
+def layer_norms(graph: ir.Graph) -> list[LayerNorm]:
+    norms = []
+    for node in graph:
+        if node.op_type == "LayerNormalization" or _is_last_axis_mvn(node):
+            norms.append(_with_affine([node]) if node.op_type == "MVN" else
+                         LayerNorm(node.inputs[0], node.outputs[0], [node]))
+        elif node.op_type == "Div" and (norm := _decomposed_norm(node)) is not None:
+            norms.append(norm)
+    return norms
+
+
 def find_transformer(model: ir.Model) -> TransformerBlock | None:
     graph = model.graph
     try:
@@ -55,11 +148,12 @@ def find_transformer(model: ir.Model) -> TransformerBlock | None:
         return None
     logits, activation = strip_score_activation(scores)
     index = GraphIndex(graph)
-    norms = [n for n in index.ancestors(logits) if n.op_type == "LayerNormalization"]
+    upstream = index.ancestors(logits)
+    norms = [n for n in layer_norms(graph) if n.output.producer() in upstream]
     if not norms:
         return None
-    final_norm = max(norms, key=index.position.__getitem__)
-    y = _producer(final_norm.inputs[0], "Add")
+    final_norm = max(norms, key=lambda n: index.position[n.output.producer()])
+    y = _producer(final_norm.input, "Add")
     if y is None:
         return None
     residual = next((_producer(v, "Add") for v in y.inputs if _producer(v, "Add")), None)
@@ -67,8 +161,8 @@ def find_transformer(model: ir.Model) -> TransformerBlock | None:
         return None
     a, b = residual.inputs
     x = a if a.producer() in index.ancestors(b) or a.is_graph_input() else b
-    ln1 = next((n for n in x.consumers() if n.op_type == "LayerNormalization"), None)
-    if ln1 is None or x.shape is None or len(x.shape) != 3:
+    norm1 = next((n for n in norms if n.input is x), None)
+    if norm1 is None or x.shape is None or len(x.shape) != 3:
         return None
     tokens = known_dim(x.shape[1])
     grid = None
@@ -79,7 +173,119 @@ def find_transformer(model: ir.Model) -> TransformerBlock | None:
             break
     if grid is None:
         return None
-    tail = index.path_nodes(x, logits)
-    return TransformerBlock(x, ln1.outputs[0], scores, logits, activation, extra_tokens, grid, tail,
-                            f"input of the last encoder block (before '{ln1.name}'), {grid[0]}x{grid[1]} patches "
-                            f"and {extra_tokens} extra token(s)")
+    block = TransformerBlock(x, norm1, final_norm.input, scores, logits, activation, extra_tokens, grid,
+                             index.path_nodes(x, logits), index.path_nodes(final_norm.input, logits))
+    block.reason = (f"input of the last encoder block (before '{norm1.nodes[0].name}'), {grid[0]}x{grid[1]} "
+                    f"patches and {extra_tokens} extra token(s)")
+    block.attention, block.why_cloned = _find_attention(index, block, residual.outputs[0])
+    return block
+
+
+def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Value) -> tuple[Attention | None, str]:
+    """The attention core of the last block, with everything the class-token form relies on checked."""
+    n, x, tokens = block.normalised, block.tokens, block.tokens.shape[1]
+    block_nodes = index.path_nodes(n, attended)
+    fused = [node for node in block_nodes if node.op_type == "ScaledDotProductAttention"]
+    if len(fused) == 1:
+        return _fused_attention(index, block, fused[0])
+    softmaxes = [node for node in block_nodes if node.op_type == "Softmax"]
+    if len(softmaxes) != 1:
+        return None, f"{len(softmaxes)} Softmax nodes between LN1 and the attention residual (expected one)"
+    softmax = softmaxes[0]
+    logit_nodes, value = [], softmax.inputs[0]
+    while (node := value.producer()) is not None and node.op_type in _ELEMENTWISE:
+        data = [v for v in node.inputs if v in index.data_dependent]
+        if len(node.inputs) != 2 or len(data) != 1:
+            return None, f"'{node.name}' before the attention Softmax is not a scaling by a constant"
+        logit_nodes.insert(0, node)
+        value = data[0]
+    matmul = value.producer()
+    users = softmax.outputs[0].consumers()
+    if matmul is None or matmul.op_type != "MatMul" or len(users) != 1 or users[0].op_type != "MatMul" \
+            or users[0].inputs[0] is not softmax.outputs[0]:
+        return None, "the attention is not softmax(Q @ K^T) @ V written with MatMul"
+    logit_nodes.insert(0, matmul)
+    query, keys = matmul.inputs
+    values, output = users[0].inputs[1], users[0].outputs[0]
+    axis = softmax.attributes["axis"].value if "axis" in softmax.attributes else -1
+    ranks = {len(v.shape) if v.shape is not None else None for v in (query, keys, values, output)}
+    if len(ranks) != 1 or None in ranks or axis not in (-1, ranks.pop() - 1):
+        return None, "the attention's tensors have unknown or differing ranks, or its Softmax is not over the keys"
+    key_axis = -2 if matmul.attributes.get("transpose_b") and matmul.attributes["transpose_b"].value else -1
+    if matmul.attributes.get("transpose_a") and matmul.attributes["transpose_a"].value:
+        return None, "the attention's Q @ K^T transposes Q"
+    if any(known_dim(v.shape[a]) != tokens for v, a in ((query, -2), (keys, key_axis), (values, -2), (output, -2))):
+        return None, "the attention's token axes are not where Q @ K^T and P @ V put them"
+    return _checked(index, block, Attention(query, keys, values, output, logit_nodes, [], []))
+
+
+def _fused_attention(index: GraphIndex, block: TransformerBlock, sdpa: ir.Node) -> tuple[Attention | None, str]:
+    """OpenVINO's ScaledDotProductAttention(Q, K, V[, mask, scale]): softmax(scale * Q @ K^T) @ V."""
+    query, keys, values, mask_value, scale_value = [*sdpa.inputs, None, None][:5]
+    mask = constant_array(mask_value)
+    depth = known_dim(query.shape[-1]) if query.shape is not None else None
+    if (sdpa.attributes.get("causal") and sdpa.attributes["causal"].value) or not isinstance(depth, int) \
+            or (mask_value is not None and (mask is None or mask.size != 1)) \
+            or scale_value in index.data_dependent:
+        return None, "the fused attention has a mask over tokens, a causal flag or an unknown head size"
+    # The scale is a constant, or computed from shapes only (then read from the model at run time).
+    scale = scale_value if scale_value is not None else depth ** -0.5
+    if constant_array(scale_value) is not None:
+        scale = float(constant_array(scale_value).reshape(()))
+    tokens = block.tokens.shape[1]
+    if any(v.shape is None or known_dim(v.shape[-2]) != tokens for v in (query, keys, values, sdpa.outputs[0])):
+        return None, "the fused attention's token axes are not where they should be"
+    bias = float(mask.reshape(())) if mask is not None else 0.0
+    return _checked(index, block, Attention(query, keys, values, sdpa.outputs[0], [], [], [], scale, bias))
+
+
+def _checked(index: GraphIndex, block: TransformerBlock, att: Attention) -> tuple[Attention | None, str]:
+    """Fill in and check what the class-token form relies on around the attention core."""
+    n, x = block.normalised, block.tokens
+    att.projections = sorted({node for v in (att.keys, att.values) for node in index.path_nodes(n, v)
+                              if any(o in index.data_dependent for o in node.outputs)},
+                             key=index.position.__getitem__)
+    if any(index.foreign_inputs(n, nodes) for nodes in (att.projections, index.path_nodes(n, att.query))):
+        return None, "the attention's Q, K or V read more than LN1's output"
+    att.after = index.path_nodes(att.output, block.block_output)
+    if index.foreign_inputs(att.output, att.after) != [x] or not all(_per_token(node, index) for node in att.after):
+        return None, "the block after attention mixes tokens or reads more than its input"
+    if not _reads_extra_tokens_only(block.head, block.extra_tokens, index):
+        return None, "the head reads more than the class (and distillation) token"
+    return att, ""
+
+
+def _reads_extra_tokens_only(head: list[ir.Node], extra: int, index: GraphIndex) -> bool:
+    """True where the head selects tokens < `extra` (Gather/Slice on axis 1) and otherwise acts per token."""
+    selects = False
+    for node in head:
+        if node.op_type == "Gather" and node.attributes.get("axis") is not None \
+                and node.attributes["axis"].value == 1:
+            indices = constant_array(node.inputs[1])
+            if indices is None or (indices >= extra).any() or (indices < 0).any():
+                return False
+            selects = True
+        elif node.op_type == "Slice":
+            starts, ends, axes = (constant_array(v) for v in node.inputs[1:4]) if len(node.inputs) >= 4 else (None,) * 3
+            if axes is None or list(axes) != [1] or ends is None or not 0 < int(ends[0]) <= extra:
+                return False
+            selects = True
+        elif not _per_token(node, index):
+            return False
+    return selects
+
+
+def _per_token(node: ir.Node, index: GraphIndex) -> bool:
+    if node.op_type in ("MatMul", "Gemm"):  # a linear layer, not a product of two activations
+        return node.inputs[1] not in index.data_dependent
+    if node.op_type == "MVN":
+        return _is_last_axis_mvn(node)
+    return node.domain == "" and node.op_type in _PER_TOKEN and (node.op_type != "ReduceMean"
+                                                                 or _reduces_last_axis(node))
+
+
+def _reduces_last_axis(node: ir.Node) -> bool:
+    axes = node.attributes["axes"].value if "axes" in node.attributes else constant_array(
+        node.inputs[1] if len(node.inputs) > 1 else None)
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+    return axes is not None and len(list(axes)) == 1 and int(list(axes)[0]) in (-1, (rank or 0) - 1)

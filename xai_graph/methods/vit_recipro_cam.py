@@ -3,10 +3,21 @@
 For each patch p a token mask m_p (the 3x3 Gaussian [[1,2,1],[2,4,2],[1,2,1]]/16 centred on
 p over the patch grid, clipped at the borders, or one-hot; 1 for the class and other extra
 tokens) scales both the tokens entering the last block (its residual input) and their
-layer-normalised form (what enters attention); the last block and the head then run on the
-h*w masked sequences as one batch of B*hw, and S[k, p] is class k's score.
+layer-normalised form n (what enters attention); S[k, p] is class k's score when the last
+block and the head run on the masked sequence.
 
-This is the cloned-block form; the cheap class-token-only form is future work (issue 7).
+Two forms compute the same S:
+- class-token attention (default where the block's attention is recognised). Only the extra
+  tokens' rows reach the head, and their masks are 1, so their queries and residuals are the
+  model's own. Keys and values are per-token affine in n: for a mask m, K_m = m*K + (1-m)*K0
+  with K0 the projection of a zero token (the bias), likewise V_m. So, per mask, the extra
+  tokens' attention logits are m*(f(QK) - f(QK0)) + f(QK0) (f: the model's scaling), and
+  softmax(.) @ V_m = (P*m) @ (V - V0) + P @ V0. The rest of the block (projection, residual,
+  MLP) acts per token: the hw rows of each extra token are packed into the token axis of one
+  sequence shaped like the model's own (T = extra + hw), so every copied reshape still holds.
+  Cost: about one block's MLP per extra token plus hw x T x D for attention.
+- cloned block (`--brute-force`, or where attention is not recognised): the block and the
+  head run on the B*hw masked sequences, hw times the block's cost.
 """
 
 from __future__ import annotations
@@ -16,10 +27,12 @@ import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.builder import GraphBuilder
-from xai_graph.graph.tail import clone_tail
+from xai_graph.graph.tail import clone_nodes, clone_tail
 from xai_graph.graph.transformer import TransformerBlock
 from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
 from xai_graph.methods.recipro_cam import GAUSSIAN_KERNEL, check_mask_and_score, class_score
+
+CLASS_TOKEN_FORM, CLONED_FORM = "class-token attention", "cloned block"
 
 
 def token_masks(grid: tuple[int, int], extra: int, kind: str) -> np.ndarray:
@@ -56,28 +69,79 @@ class ViTReciproCAM(SaliencyMethod):
         return [target.tokens.shape[0], target.num_classes, *target.grid]
 
     def form(self, target: TransformerBlock) -> str:
-        return "cloned block"
+        return CLONED_FORM if self.options.brute_force or target.attention is None else CLASS_TOKEN_FORM
 
     def build(self, b: GraphBuilder, target: TransformerBlock) -> Saliency:
         h, w = target.grid
         masks = token_masks(target.grid, target.extra_tokens, self.options.mask)
-        tokens, dim = masks.shape[1], b.dim(target.tokens, 2)
-        mask = b.const(masks.reshape(1, h * w, tokens, 1))
-
-        def masked(x: ir.Value) -> ir.Value:  # [B, T, D] -> [B*hw, T, D]
-            return b.reshape(b.op("Mul", b.unsqueeze(x, [1]), mask), -1, tokens, dim)
-
-        # LN1 is recomputed from the tokens rather than read from the model: a head reading the
-        # original LN1 output would stop ONNX Runtime fusing it into attention, which changes the
-        # original scores in the last bit.
-        norm = target.normalised.producer()
-        normalised = b.op("LayerNormalization", *norm.inputs,
-                          **{k: a.value for k, a in norm.attributes.items()})
-        scores = clone_tail(b, target.tail, target.tokens, masked(target.tokens), target.logits,
-                            also={target.normalised: masked(normalised)})  # [B*hw, K]
-        scores = class_score(b, scores, self.options.score)
+        form = self.form(target)
+        scores = (class_token_scores if form == CLASS_TOKEN_FORM else cloned_block_scores)(b, target, masks)
+        scores = class_score(b, scores, self.options.score)  # [B*hw, K]
         per_image = b.op("Transpose", b.reshape(scores, -1, h * w, b.dim(target.logits, 1)), perm=[0, 2, 1])
-        return Saliency(b.reshape(per_image, 0, 0, h, w), form=self.form(target))
+        return Saliency(b.reshape(per_image, 0, 0, h, w), form=form)
+
+
+def cloned_block_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndarray) -> ir.Value:
+    """The last block and the head on the B*hw masked sequences: [B*hw, K] logits."""
+    hw, tokens = masks.shape
+    mask, dim = b.const(masks.reshape(1, hw, tokens, 1)), b.dim(block.tokens, 2)
+
+    def masked(x: ir.Value) -> ir.Value:  # [B, T, D] -> [B*hw, T, D]
+        return b.reshape(b.op("Mul", b.unsqueeze(x, [1]), mask), -1, tokens, dim)
+
+    # LN1 is recomputed from the tokens rather than read from the model: a head reading the
+    # original LN1 output would stop ONNX Runtime fusing it into attention, which changes the
+    # original scores in the last bit.
+    normalised = clone_nodes(b, block.norm1.nodes, {})[block.normalised]
+    return clone_tail(b, block.tail, block.tokens, masked(block.tokens), block.logits,
+                      also={block.normalised: masked(normalised)})
+
+
+def class_token_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndarray) -> ir.Value:
+    """The class-token form (module docstring): [B*hw, K] logits."""
+    att, extra, x = block.attention, block.extra_tokens, block.tokens
+    hw, tokens = masks.shape
+    rank = len(att.output.shape)  # attention tensors are [L..., T, d], L = (B, heads) or (B*heads)
+    lead = rank - 2
+    n = block.normalised
+    zeros = b.op("ConstantOfShape", b.op("Shape", n), value=ir.tensor(np.zeros(1, dtype=np.float32)))
+    zeroed = clone_nodes(b, att.projections, {n: zeros})  # a masked-out token's K and V: the biases
+    query = b.op("Slice", att.query, b.ints([0]), b.ints([extra]), b.ints([rank - 2]))  # [L..., E, d]
+
+    def attention_logits(keys: ir.Value) -> ir.Value:  # f(Q_extra @ keys), [L..., 1, E, T]
+        if att.logit_nodes:
+            logits = clone_nodes(b, att.logit_nodes, {att.query: query, att.keys: keys})[att.logit_nodes[-1].outputs[0]]
+        else:  # fused attention: keys are [L..., T, d]
+            swap = [*range(rank - 2), rank - 1, rank - 2]
+            scale = att.scale if isinstance(att.scale, ir.Value) else b.scalar(att.scale)
+            logits = b.op("Mul", b.op("MatMul", query, b.op("Transpose", keys, perm=swap)), scale)
+            logits = b.op("Add", logits, b.scalar(att.bias)) if att.bias else logits
+        return b.unsqueeze(logits, [rank - 2])
+
+    mask = b.const(masks.reshape(hw, 1, tokens))
+    kept, dropped = attention_logits(att.keys), attention_logits(zeroed[att.keys])
+    logits = b.op("Add", b.op("Mul", mask, b.op("Sub", kept, dropped)), dropped)  # [L..., hw, E, T]
+    probs = b.softmax(logits, -1, rank + 1)
+    values_z = zeroed[att.values]
+
+    def flat(t: ir.Value) -> ir.Value:  # [L..., hw, E, T] -> [L..., hw*E, T]: one MatMul per (batch, head)
+        return b.reshape(t, *[0] * lead, hw * extra, tokens)
+
+    attended = b.op("Add", b.op("MatMul", flat(b.op("Mul", probs, mask)), b.op("Sub", att.values, values_z)),
+                    b.op("MatMul", flat(probs), values_z))
+    attended = b.reshape(attended, *[0] * lead, hw, extra, -1)  # [L..., hw, E, d]
+    padding = b.op("Slice", att.output, b.ints([0]), b.ints([extra]), b.ints([rank - 2]))  # [L..., E, d]
+    rows = []
+    for e in range(extra):
+        # Token e's hw masked rows take the patch positions of one sequence shaped like the model's.
+        packed = b.op("Concat", padding, b.op("Gather", attended, b.const(np.int64(e)), axis=rank - 1),
+                      axis=rank - 2)
+        residual = b.op("Expand", b.op("Slice", x, b.ints([e]), b.ints([e + 1]), b.ints([1])), b.op("Shape", x))
+        out = clone_nodes(b, att.after, {att.output: packed, x: residual})[block.block_output]
+        rows.append(b.unsqueeze(b.op("Slice", out, b.ints([extra]), b.ints([tokens]), b.ints([1])), [2]))
+    per_mask = rows[0] if extra == 1 else b.op("Concat", *rows, axis=2)  # [B, hw, E, D]
+    per_mask = b.reshape(per_mask, -1, extra, b.dim(x, 2))
+    return clone_tail(b, block.head, block.block_output, per_mask, block.logits)
 
 
 @register_method

@@ -1,0 +1,475 @@
+"""OpenVINO IR as a second graph back-end, driven by the same analysis and method recipes.
+
+Reading: the `ov.Model` is mirrored into an onnx-ir model, one node per OpenVINO
+operation. Operations whose meaning matches an ONNX op get its name and attributes
+(Multiply -> Mul, Convolution -> Conv, ShapeOf -> Shape, ReduceMean with its axes
+input, Transpose with `perm`, ...), which is all the target search reads; the rest
+keep their OpenVINO type in the `ov` domain and count as opaque data operations.
+Constants become initializers; weight decompression (Convert, and the Subtract /
+Multiply of INT8 weights) is folded so that head weights read as constants.
+
+Writing: `insert` then runs on the mirror unchanged and appends nodes under
+`xai_graph/`. `lower` turns each appended node into OpenVINO operations on the
+original model: ops of the recipes' vocabulary through `_LOWERINGS` (ONNX meaning ->
+`openvino.opset13`), and copies of mirrored operations (cloned tails) re-created
+with the original's type, opset and attributes by `NodeFactory`. The new outputs
+become `Result`s named like the ONNX ones, and the rewrite's record goes to rt_info.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from xai_graph.errors import XaiGraphError
+
+MIRROR_OPSET = 21  # recipes then emit the axes-as-input forms, which map directly onto OpenVINO
+_OV_ATTR = "_ov"  # JSON of the mirrored operation's type, opset and attributes, for re-creating copies
+_FOLD_LIMIT = 1 << 26  # elements: folding bigger weight chains would double a large model's memory
+
+_DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i64": np.int64, "i32": np.int32,
+           "i8": np.int8, "u8": np.uint8, "boolean": np.bool_, "u1": np.bool_, "i16": np.int16, "u16": np.uint16,
+           "u32": np.uint32, "u64": np.uint64, "bf16": np.float32}
+
+
+# -- reading -------------------------------------------------------------------------------------------
+def read_ir(path: str | os.PathLike):
+    """Read an IR after checking what OpenVINO itself would report badly or not at all."""
+    import openvino as ov
+
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise XaiGraphError(f"{path}: an OpenVINO IR path ends with .xml")
+    if not path.is_file():
+        raise XaiGraphError(f"{path}: no such file")
+    head = path.read_bytes()[:4096].decode("utf-8", "replace")
+    if not re.search(r"<net\b", head):
+        raise XaiGraphError(f"{path}: not an OpenVINO IR (no <net> element)")
+    weights = path.with_suffix(".bin")
+    needed = _weights_extent(path)
+    if needed and not weights.is_file():
+        raise XaiGraphError(f"{path}: its weights file {weights.name} is missing")
+    if needed and weights.stat().st_size < needed:
+        raise XaiGraphError(f"{weights}: {weights.stat().st_size} bytes, but the IR reads up to byte {needed} "
+                            "(truncated, or the .bin of another model)")
+    try:
+        return ov.Core().read_model(str(path))
+    except Exception as exc:
+        line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise XaiGraphError(f"{path}: not a readable OpenVINO IR ({line})") from None
+
+
+def _weights_extent(path: Path) -> int:
+    """The end of the furthest constant the .xml reads from its .bin."""
+    extent = 0
+    for match in re.finditer(rb'<data\b[^>]*>', path.read_bytes()):
+        tag = match.group(0)
+        offset, size = re.search(rb'\boffset="(\d+)"', tag), re.search(rb'\bsize="(\d+)"', tag)
+        if offset and size:
+            extent = max(extent, int(offset.group(1)) + int(size.group(1)))
+    return extent
+
+
+def make_batch_dynamic(model) -> bool:
+    """Give every input a dynamic first axis; False (model unchanged) where OpenVINO cannot, or where an
+    output that had the batch keeps a fixed size (a batch baked into a Reshape, say)."""
+    import openvino as ov
+
+    original = {port: port.get_partial_shape() for port in model.inputs}
+    if any(shape.rank.is_dynamic or len(shape) == 0 for shape in original.values()):
+        return False
+    batch = {shape[0].get_length() for shape in original.values() if shape[0].is_static}
+    if not batch:
+        return True
+    fixed_before = [o.get_partial_shape() for o in model.outputs]
+    try:
+        model.reshape({port: ov.PartialShape([ov.Dimension(-1), *list(shape)[1:]])
+                       for port, shape in original.items()})
+    except Exception:
+        return False
+    for before, port in zip(fixed_before, model.outputs):
+        after = port.get_partial_shape()
+        if before.rank.is_static and len(before) and before[0].is_static and before[0].get_length() in batch \
+                and after[0].is_static:
+            model.reshape(original)
+            return False
+    return True
+
+
+class Mirror:
+    """An onnx-ir model mirroring an `ov.Model`, and the OpenVINO output behind each mirrored value."""
+
+    def __init__(self, model):
+        self.model = model
+        self.ports: dict[ir.Value, object] = {}  # mirror value -> ov.Output
+        self._names: set[str] = set()
+        self.graph = ir.Graph([], [], nodes=[], opset_imports={"": MIRROR_OPSET, "ov": 1}, name="mirror")
+        self.folded: dict[ir.Value, np.ndarray] = {}
+        self._mirror()
+        self.ir_model = ir.Model(self.graph, ir_version=10)
+        self.original_outputs = len(self.graph.outputs)
+
+    def _name(self, port) -> str:
+        names = sorted(port.get_names())
+        base = names[0] if names else f"{port.get_node().get_friendly_name()}:{port.get_index()}"
+        name, i = base, 1
+        while name in self._names:
+            name, i = f"{base}#{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def _value(self, port, const: np.ndarray | None = None) -> ir.Value:
+        shape = port.get_partial_shape()
+        dims = None if shape.rank.is_dynamic else ir.Shape(
+            [d.get_length() if d.is_static else None for d in shape])
+        dtype = ir.DataType.from_numpy(np.dtype(_DTYPES.get(port.get_element_type().get_type_name(), np.float32)))
+        value = ir.Value(name=self._name(port), shape=dims, type=ir.TensorType(dtype))
+        if const is not None:
+            value.const_value = ir.tensor(const, name=value.name)
+            self.graph.register_initializer(value)
+        self.ports[value] = port
+        return value
+
+    def _mirror(self) -> None:
+        by_port: dict[tuple[int, int], ir.Value] = {}
+
+        def source(inp) -> ir.Value:
+            out = inp.get_source_output()
+            return by_port[(out.get_node().get_instance_id(), out.get_index())]
+
+        for node in self.model.get_ordered_ops():
+            kind = node.get_type_name()
+            key = node.get_instance_id()
+            if kind == "Parameter":
+                value = self._value(node.output(0))
+                self.graph.inputs.append(value)
+                by_port[(key, 0)] = value
+                continue
+            if kind == "Result":
+                self.graph.outputs.append(source(node.input(0)))
+                continue
+            inputs = [source(i) for i in node.inputs()]
+            folded = self._fold(node, inputs)
+            if folded is not None:
+                by_port[(key, 0)] = self._value(node.output(0), folded)
+                continue
+            outputs = [self._value(port) for port in node.outputs()]
+            for i, value in enumerate(outputs):
+                by_port[(key, i)] = value
+            self.graph.append(_mirrored_node(node, inputs, outputs))
+
+    def _fold(self, node, inputs: list[ir.Value]) -> np.ndarray | None:
+        """Constants, and operations on constants only that decompress weights (f16, INT8)."""
+        kind = node.get_type_name()
+        if kind == "Constant":
+            return np.array(node.get_data(), copy=True)
+        arrays = [v.const_value.numpy() if v.const_value is not None else None for v in inputs]
+        if not arrays or any(a is None for a in arrays) or sum(a.size for a in arrays) > _FOLD_LIMIT:
+            return None
+        if kind == "Convert":
+            return arrays[0].astype(_DTYPES.get(node.get_output_element_type(0).get_type_name(), np.float32))
+        operations = {"Multiply": np.multiply, "Subtract": np.subtract, "Add": np.add}
+        if kind in operations and len(arrays) == 2:
+            return operations[kind](*arrays).astype(arrays[0].dtype)
+        return None
+
+
+def _attrs_json(node) -> str:
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, (np.integer, np.floating)):
+            return v.item()
+        return v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+
+    return json.dumps({"type": node.get_type_name(), "opset": node.get_type_info().version_id,
+                       "attributes": {k: plain(v) for k, v in node.get_attributes().items()}})
+
+
+def _const(value: ir.Value) -> np.ndarray | None:
+    return value.const_value.numpy() if value is not None and value.const_value is not None else None
+
+
+def _mirrored_node(node, inputs: list[ir.Value], outputs: list[ir.Value]) -> ir.Node:
+    """One mirror node: the ONNX equivalent where the meaning matches, else the OpenVINO type in domain `ov`."""
+    kind, attrs = node.get_type_name(), node.get_attributes()
+    translated = _translate(kind, attrs, inputs)
+    if translated is None:  # opaque; its plain attributes stay readable (MatMul's transpose_b, MVN's eps)
+        op_type, domain, onnx_inputs = kind, "ov", inputs
+        onnx_attrs = {k: int(v) if isinstance(v, bool) else v for k, v in attrs.items()
+                      if isinstance(v, (bool, int, float)) and not isinstance(v, np.generic)}
+    else:
+        op_type, onnx_inputs, onnx_attrs = translated
+        domain = ""
+    attributes = ir.convenience.convert_attributes(onnx_attrs) if onnx_attrs else []
+    attributes = [*attributes, ir.AttrString(_OV_ATTR, _attrs_json(node))]
+    return ir.Node(domain, op_type, onnx_inputs, attributes=attributes, outputs=outputs,
+                   name=node.get_friendly_name())
+
+
+_SAME_NAME = {"Add", "Relu", "Sigmoid", "Exp", "Erf", "Tanh", "Log", "Sqrt", "Abs", "Floor", "Concat", "Squeeze",
+              "Unsqueeze", "Tile", "TopK", "Softmax", "LogSoftmax", "PRelu", "Elu", "Gelu", "Mish", "Sign"}
+_RENAMED = {"Multiply": "Mul", "Subtract": "Sub", "Divide": "Div", "Power": "Pow", "Negative": "Neg",
+            "Maximum": "Max", "Minimum": "Min", "HSwish": "HardSwish", "HSigmoid": "HardSigmoid",
+            "SoftPlus": "Softplus", "ShapeOf": "Shape", "Ceiling": "Ceil"}
+
+
+def _translate(kind: str, attrs: dict, inputs: list[ir.Value]):
+    """(ONNX op, inputs, attributes) for an OpenVINO operation of the same meaning, or None."""
+    if kind in _SAME_NAME:
+        keep = {k: attrs[k] for k in ("axis",) if k in attrs and isinstance(attrs[k], int)}
+        return kind, inputs, keep
+    if kind in _RENAMED:
+        return _RENAMED[kind], inputs, {}
+    if kind.startswith("Reduce") and kind in {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin", "ReduceL2"}:
+        return kind, inputs, {"keepdims": int(bool(attrs.get("keep_dims", False)))}
+    if kind == "Reshape":
+        return "Reshape", inputs, {"allowzero": 0 if attrs.get("special_zero") else 1}
+    if kind == "Transpose" and (perm := _const(inputs[1])) is not None:
+        return "Transpose", inputs[:1], {"perm": [int(p) for p in perm]}
+    if kind == "Gather" and attrs.get("batch_dims", 0) == 0 and (axis := _const(inputs[2])) is not None:
+        return "Gather", inputs[:2], {"axis": int(axis)}
+    if kind == "Slice" and len(inputs) == 5:  # OpenVINO: data, start, stop, step, axes
+        return "Slice", [inputs[0], inputs[1], inputs[2], inputs[4], inputs[3]], {}
+    if kind == "Convert":
+        return "Cast", inputs, {}
+    if kind == "Convolution":
+        return "Conv", inputs, {}
+    if kind == "GroupConvolution":
+        return "Conv", inputs, {"group": int(inputs[1].shape[0]) if inputs[1].shape is not None else 1}
+    if kind == "MatMul":
+        if not attrs.get("transpose_a") and not attrs.get("transpose_b"):
+            return "MatMul", inputs, {}
+        if not attrs.get("transpose_a") and inputs[0].shape is not None and len(inputs[0].shape) == 2:
+            return "Gemm", inputs, {"transB": 1}
+        return None
+    if kind == "AvgPool":
+        pads = [*attrs.get("pads_begin", []), *attrs.get("pads_end", [])]
+        return "AveragePool", inputs, {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
+                                       "pads": pads, "count_include_pad": int(not attrs.get("exclude-pad", True))}
+    if kind == "VariadicSplit" and (axis := _const(inputs[1])) is not None:
+        return "Split", [inputs[0], inputs[2]], {"axis": int(axis)}
+    if kind == "Broadcast" and attrs.get("mode") == "bidirectional":
+        return "Expand", inputs, {}
+    return None
+
+
+# -- writing -------------------------------------------------------------------------------------------
+def lower(mirror: Mirror, metadata: dict[str, str]):
+    """The original `ov.Model` with every node appended to the mirror lowered, its outputs added as Results."""
+    import openvino as ov
+
+    ports = dict(mirror.ports)
+
+    def port(value: ir.Value | None):
+        if value is None:
+            return None
+        if value not in ports:  # a constant a recipe made
+            ports[value] = _ops().constant(value.const_value.numpy()).output(0)
+        return ports[value]
+
+    for node in mirror.graph:
+        if any(v in ports for v in node.outputs):
+            continue  # mirrored, not appended
+        created = _lower_node(node, [port(v) for v in node.inputs])
+        if len(created) != len(node.outputs):
+            raise XaiGraphError(f"internal: lowering {node.op_type} gave {len(created)} outputs")
+        for value, output in zip(node.outputs, created):
+            output.get_node().set_friendly_name(node.name)
+            ports[value] = output
+    results = []
+    for value in mirror.graph.outputs[mirror.original_outputs:]:
+        output = ports[value]
+        output.get_tensor().set_names({value.name})
+        result = ov.opset13.result(output)
+        result.set_friendly_name(value.name)
+        results.append(result)
+    model = mirror.model
+    model.add_results(results)
+    for key, value in metadata.items():
+        if key.startswith("model_info "):
+            model.set_rt_info(value, ["model_info", key.split(" ", 1)[1]])
+        else:
+            model.set_rt_info(value, ["xai_graph", key])
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def _lower_node(node: ir.Node, inputs: list) -> list:
+    recorded = node.attributes.get(_OV_ATTR)
+    if node.op_type in _LOWERINGS and (recorded is None or node.op_type in _RECREATE_BY_MEANING):
+        attrs = {k: a.value for k, a in node.attributes.items() if k != _OV_ATTR}
+        out = _LOWERINGS[node.op_type](inputs, attrs)
+        return [o for o in (out if isinstance(out, (list, tuple)) else [out])]
+    if recorded is None:
+        raise XaiGraphError(f"cannot write {node.op_type} into OpenVINO IR")
+    from openvino.utils.node_factory import NodeFactory
+
+    spec = json.loads(recorded.value)
+    try:
+        created = NodeFactory(spec["opset"]).create(spec["type"], list(inputs), spec["attributes"])
+    except Exception as exc:
+        raise XaiGraphError(f"cannot copy OpenVINO operation {spec['type']} ({spec['opset']}): "
+                            f"{str(exc).strip().splitlines()[0][:160]}") from None
+    return list(created.outputs())
+
+
+# Mirrored operations whose copies are rebuilt from the ONNX meaning, not the recorded operation: their
+# mirror inputs differ from OpenVINO's (Transpose/Gather/Slice/Split take constants as attributes or in
+# another order), or a recipe changes what the copy means (a cloned Reshape gets a batch-free shape).
+_RECREATE_BY_MEANING = {"Reshape", "Transpose", "Gather", "Slice", "Split"}
+
+
+def _ops():
+    import openvino.opset13 as ops
+
+    return ops
+
+
+def _i64(values) -> object:
+    return _ops().constant(np.asarray(values, dtype=np.int64))
+
+
+def _reduce(name: str):
+    def lower(inputs, attrs):
+        axes = inputs[1] if len(inputs) > 1 and inputs[1] is not None else _i64(attrs["axes"])
+        return getattr(_ops(), name)(inputs[0], axes, bool(attrs.get("keepdims", 1))).output(0)
+    return lower
+
+
+def _slice(inputs, attrs):
+    data, starts, ends = inputs[:3]
+    axes = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
+    steps = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
+    if steps is None:
+        steps = _ops().broadcast(_i64(1), _ops().shape_of(starts))
+    return _ops().slice(data, starts, ends, steps, axes).output(0)
+
+
+def _resize(inputs, attrs):
+    ops = _ops()
+    sizes = inputs[3]
+    return ops.interpolate(inputs[0], sizes, mode="linear", shape_calculation_mode="sizes",
+                           coordinate_transformation_mode=attrs.get("coordinate_transformation_mode", "half_pixel"),
+                           axes=_i64([0, 1, 2, 3])).output(0)
+
+
+def _conv(inputs, attrs):
+    ops = _ops()
+    group = attrs.get("group", 1)
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    strides, dilations = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    weights = inputs[1]
+    if group == 1:
+        out = ops.convolution(inputs[0], weights, strides, pads[:2], pads[2:], dilations)
+    else:  # ONNX [O, I/G, kh, kw] -> OpenVINO [G, O/G, I/G, kh, kw]
+        shape = weights.get_partial_shape()
+        grouped = ops.reshape(weights, _i64([group, -1, *[shape[i].get_length() for i in range(1, 4)]]), False)
+        out = ops.group_convolution(inputs[0], grouped, strides, pads[:2], pads[2:], dilations)
+    if len(inputs) > 2 and inputs[2] is not None:
+        out = ops.add(out, ops.reshape(inputs[2], _i64([1, -1, 1, 1]), False))
+    return out.output(0)
+
+
+def _cast(inputs, attrs):
+    return _ops().convert(inputs[0], np.dtype(ir.DataType(attrs["to"]).numpy()).type).output(0)
+
+
+def _gemm(inputs, attrs):
+    ops = _ops()
+    out = ops.matmul(inputs[0], inputs[1], bool(attrs.get("transA", 0)), bool(attrs.get("transB", 0)))
+    if attrs.get("alpha", 1.0) != 1.0:
+        out = ops.multiply(out, ops.constant(np.float32(attrs["alpha"])))
+    if len(inputs) > 2 and inputs[2] is not None:
+        bias = inputs[2] if attrs.get("beta", 1.0) == 1.0 else ops.multiply(inputs[2],
+                                                                              ops.constant(np.float32(attrs["beta"])))
+        out = ops.add(out, bias)
+    return out.output(0)
+
+
+def _topk(inputs, attrs):
+    ops = _ops()
+    k = ops.squeeze(inputs[1], _i64([0])) if inputs[1].get_partial_shape().rank.get_length() == 1 else inputs[1]
+    node = ops.topk(inputs[0], k, attrs.get("axis", -1), "max" if attrs.get("largest", 1) else "min",
+                    "value" if attrs.get("sorted", 1) else "none", "i64")
+    return list(node.outputs())
+
+
+def _constant_of_shape(inputs, attrs):
+    value = attrs["value"].numpy().reshape(()) if "value" in attrs else np.float32(0)
+    return _ops().broadcast(_ops().constant(value), inputs[0]).output(0)
+
+
+def _eye_like(inputs, attrs):
+    ops = _ops()
+    shape = ops.shape_of(inputs[0])
+    rows = ops.gather(shape, _i64(0), _i64(0))
+    cols = ops.gather(shape, _i64(1), _i64(0))
+    return ops.eye(rows, cols, _i64(0), "f32").output(0)
+
+
+def _layer_norm(inputs, attrs):
+    ops = _ops()
+    axis = attrs.get("axis", -1)
+    out = ops.mvn(inputs[0], _i64([axis]), True, attrs.get("epsilon", 1e-5), "inside_sqrt")
+    out = ops.multiply(out, inputs[1])
+    return (ops.add(out, inputs[2]) if len(inputs) > 2 and inputs[2] is not None else out).output(0)
+
+
+def _binary(name: str):
+    return lambda inputs, attrs: getattr(_ops(), name)(inputs[0], inputs[1]).output(0)
+
+
+def _variadic(name: str):  # ONNX Max / Min / Sum take any number of inputs, OpenVINO's two
+    def lower(inputs, attrs):
+        out = inputs[0]
+        for other in inputs[1:]:
+            out = getattr(_ops(), name)(out, other).output(0)
+        return out
+    return lower
+
+
+def _unary(name: str):
+    return lambda inputs, attrs: getattr(_ops(), name)(inputs[0]).output(0)
+
+
+_LOWERINGS: dict[str, Callable] = {
+    "Add": _binary("add"), "Sub": _binary("subtract"), "Mul": _binary("multiply"), "Div": _binary("divide"),
+    "Pow": _binary("power"), "Max": _variadic("maximum"), "Min": _variadic("minimum"), "Sum": _variadic("add"), "Less": _binary("less"),
+    "Equal": _binary("equal"),
+    "Sigmoid": _unary("sigmoid"), "Exp": _unary("exp"), "Sqrt": _unary("sqrt"), "Relu": _unary("relu"),
+    "Abs": _unary("abs"), "Neg": _unary("negative"), "Erf": _unary("erf"), "Tanh": _unary("tanh"),
+    "Round": lambda i, a: _ops().round(i[0], "half_to_even").output(0),
+    "Identity": lambda i, a: i[0],
+    "MatMul": lambda i, a: _ops().matmul(i[0], i[1], False, False).output(0),
+    "Gemm": _gemm,
+    "Reshape": lambda i, a: _ops().reshape(i[0], i[1], not a.get("allowzero", 0)).output(0),
+    "Transpose": lambda i, a: _ops().transpose(i[0], _i64(a["perm"])).output(0),
+    "Concat": lambda i, a: _ops().concat(i, a["axis"]).output(0),
+    "Unsqueeze": lambda i, a: _ops().unsqueeze(i[0], i[1] if len(i) > 1 else _i64(a["axes"])).output(0),
+    "Squeeze": lambda i, a: (_ops().squeeze(i[0], i[1] if len(i) > 1 else _i64(a["axes"])) if len(i) > 1
+                             or "axes" in a else _ops().squeeze(i[0])).output(0),
+    "Slice": _slice,
+    "Gather": lambda i, a: _ops().gather(i[0], i[1], _i64(a.get("axis", 0))).output(0),
+    "GatherElements": lambda i, a: _ops().gather_elements(i[0], i[1], a.get("axis", 0)).output(0),
+    "Shape": lambda i, a: _ops().shape_of(i[0], "i64").output(0),
+    "Softmax": lambda i, a: _ops().softmax(i[0], a.get("axis", -1)).output(0),
+    "ReduceMean": _reduce("reduce_mean"), "ReduceMax": _reduce("reduce_max"), "ReduceSum": _reduce("reduce_sum"),
+    "ReduceMin": _reduce("reduce_min"), "ReduceL2": _reduce("reduce_l2"),
+    "Cast": _cast,
+    "Expand": lambda i, a: _ops().broadcast(i[0], i[1], "bidirectional").output(0),
+    "Where": lambda i, a: _ops().select(i[0], i[1], i[2]).output(0),
+    "Conv": _conv,
+    "Resize": _resize,
+    "TopK": _topk,
+    "ConstantOfShape": _constant_of_shape,
+    "EyeLike": _eye_like,
+    "LayerNormalization": _layer_norm,
+    "Split": lambda i, a: list(_ops().variadic_split(i[0], _i64(a["axis"]), i[1]).outputs()),
+}
