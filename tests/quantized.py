@@ -1,6 +1,7 @@
-"""INT8 versions of the bundled EfficientNet-Lite0: ONNX QDQ from onnxruntime.quantization (static, calibrated on
-the sample photos and their mirror images), and the INT8 IR OpenVINO converts it to (FakeQuantize on activations,
-INT8 weights), with how close their saliency maps are to the float model's."""
+"""INT8 versions of the bundled EfficientNet-Lite0, all calibrated on the sample photos and their mirror images:
+ONNX QDQ from onnxruntime.quantization (static), the INT8 IR OpenVINO converts that to (FakeQuantize on
+activations, INT8 weights), and NNCF's post-training quantization of the f32 IR; with how close their saliency
+maps are to the float model's."""
 
 from __future__ import annotations
 
@@ -26,15 +27,21 @@ def sample_batch() -> np.ndarray:
                      for p in find_images([str(SAMPLES / "images")])]).astype(np.float32)
 
 
-def quantize(folder: Path) -> tuple[Path, Path]:
-    """(ONNX QDQ model, INT8 IR) of EfficientNet-Lite0."""
+def calibration_images() -> list[np.ndarray]:
+    batch = sample_batch()
+    return [x[None] for x in np.concatenate([batch, batch[..., ::-1]])]
+
+
+def quantize(folder: Path) -> tuple[Path, Path, Path]:
+    """(ONNX QDQ model, INT8 IR converted from it, NNCF INT8 IR) of EfficientNet-Lite0."""
     import openvino as ov
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batch = sample_batch()
+    import nncf
+
     name = load_model(LITE0).graph.inputs[0].name
-    calibration = iter([{name: x[None]} for x in np.concatenate([batch, batch[..., ::-1]])])
+    calibration = iter([{name: x} for x in calibration_images()])
 
     class Reader(CalibrationDataReader):
         def get_next(self):
@@ -45,7 +52,11 @@ def quantize(folder: Path) -> tuple[Path, Path]:
     quantize_static(str(prepared), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     ov.save_model(ov.convert_model(str(qdq)), str(int8), compress_to_fp16=False)
-    return qdq, int8
+    f32 = xai_graph.save_ir(load_model(LITE0), folder / "lite0_f32.xml")
+    images = calibration_images()
+    quantized = nncf.quantize(ov.Core().read_model(str(f32)), nncf.Dataset(images), subset_size=len(images))
+    ov.save_model(quantized, str(folder / "lite0_nncf.xml"), compress_to_fp16=False)
+    return qdq, int8, folder / "lite0_nncf.xml"
 
 
 def map_correlations(float_model: Path, quantized: Path, folder: Path, runtime: str) -> dict:

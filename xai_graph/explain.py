@@ -88,7 +88,6 @@ def _onnx_facts(model: ir.Model) -> ModelFacts:
 
 def _ir_facts(path: Path) -> ModelFacts:
     """Facts of an OpenVINO IR; its Model API `model_info` and the `xai_graph.*` record come from rt_info."""
-
     model = read_ir(path)
     rt_info = model.get_rt_info()
     metadata = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import onnx
 import onnx_ir as ir
@@ -18,6 +19,7 @@ from xai_graph.graph.analysis import known_dim, shape_text
 from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
 from xai_graph.graph.detection import DetectorHeads, find_class_heads
+from xai_graph.graph.openvino_ir import Mirror, lower, make_batch_dynamic, read_ir
 from xai_graph.graph.targets import find_target
 from xai_graph.graph.transformer import find_transformer
 from xai_graph.methods import MethodOptions, SaliencyMethod, method_for
@@ -85,10 +87,6 @@ def is_openvino(model) -> bool:
 
 def _insert_openvino(model, algo: str, **options):
     """`insert` on OpenVINO IR: the same analysis and recipes on the model's mirror, lowered back."""
-    import warnings
-
-    from xai_graph.graph.openvino_ir import Mirror, lower, make_batch_dynamic, read_ir
-
     ov_model = read_ir(model) if isinstance(model, (str, os.PathLike)) else model.clone()
     if any(SALIENCY_MAP in port.get_names() for port in ov_model.outputs):
         raise XaiGraphError("the IR already has a saliency_map output; insert into the model without it")

@@ -142,7 +142,7 @@ def to_ir(model: ir.Model | onnx.ModelProto | str | os.PathLike) -> ir.Model:
 
 
 def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
-    """Write `model` to `path` atomically and check the written file.
+    """Write `model` to `path` atomically and check the written file (an `openvino.Model`: as IR, `save_ir`).
 
     Weights go to `<name>.data` beside the model when the source had external data,
     when asked, or when the model would exceed the protobuf limit. The data file is

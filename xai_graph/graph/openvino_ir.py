@@ -110,7 +110,6 @@ class Mirror:
         self.ports: dict[ir.Value, object] = {}  # mirror value -> ov.Output
         self._names: set[str] = set()
         self.graph = ir.Graph([], [], nodes=[], opset_imports={"": MIRROR_OPSET, "ov": 1}, name="mirror")
-        self.folded: dict[ir.Value, np.ndarray] = {}
         self._mirror()
         self.ir_model = ir.Model(self.graph, ir_version=10)
         self.original_outputs = len(self.graph.outputs)

@@ -229,9 +229,9 @@ def _fused_attention(index: GraphIndex, block: TransformerBlock, sdpa: ir.Node) 
             or scale_value in index.data_dependent:
         return None, "the fused attention has a mask over tokens, a causal flag or an unknown head size"
     # The scale is a constant, or computed from shapes only (then read from the model at run time).
-    scale = scale_value if scale_value is not None else depth ** -0.5
-    if constant_array(scale_value) is not None:
-        scale = float(constant_array(scale_value).reshape(()))
+    constant_scale = constant_array(scale_value)
+    scale = (float(constant_scale.reshape(())) if constant_scale is not None
+             else scale_value if scale_value is not None else depth ** -0.5)
     tokens = block.tokens.shape[1]
     if any(v.shape is None or known_dim(v.shape[-2]) != tokens for v in (query, keys, values, sdpa.outputs[0])):
         return None, "the fused attention's token axes are not where they should be"
@@ -266,7 +266,7 @@ def _reads_extra_tokens_only(head: list[ir.Node], extra: int, index: GraphIndex)
                 return False
             selects = True
         elif node.op_type == "Slice":
-            starts, ends, axes = (constant_array(v) for v in node.inputs[1:4]) if len(node.inputs) >= 4 else (None,) * 3
+            ends, axes = (constant_array(v) for v in node.inputs[2:4]) if len(node.inputs) >= 4 else (None, None)
             if axes is None or list(axes) != [1] or ends is None or not 0 < int(ends[0]) <= extra:
                 return False
             selects = True
