@@ -130,10 +130,12 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target-layer", metavar="NAME", help="Check this value or node as the target.")
+@click.option("--head", "heads", multiple=True, metavar="VALUE",
+              help="Detectors: class maps, or the class-score output they reach, as for insert (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(model, target_layer, as_json):
+def inspect(model, target_layer, heads, as_json):
     """Show MODEL's inputs, outputs, candidate target maps and which algorithms apply."""
-    report = describe(model, target_layer)
+    report = describe(model, target_layer, list(heads) or None)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -209,6 +209,8 @@ def test_blazeface_tflite_converted_by_openvino(tmp_path):
     result = xai_graph_cli("insert", xml, "-o", tmp_path / "face.xml", "--head", "classificators", "--raw")
     assert result.returncode == 0, result.stderr
     assert "could not make this IR's batch dynamic" in result.stderr  # its Reshapes bake in batch 1
+    report = xai_graph_cli("inspect", xml, "--head", "classificators")
+    assert "[1, 2, 16, 16]: 2 anchor(s) x 1 classes" in report.stdout and "[1, 6, 8, 8]: 6 anchor(s)" in report.stdout
     photo = cv2.imread(str(Path(__file__).resolve().parent.parent / "samples" / "images" / "astronaut.png"))
     x = ((cv2.cvtColor(cv2.resize(photo, (128, 128)), cv2.COLOR_BGR2RGB) - 127.5) / 127.5)[None].astype(np.float32)
     out = open_model(tmp_path / "face.xml", "openvino")({"input": x})
@@ -255,3 +257,21 @@ def test_bench_measures_an_ir_in_openvino(exported, tmp_path):
     assert {r["runtime"] for r in rows} == {"openvino"}
     assert [r["variant"] for r in rows] == ["original", "classwisesaliencymap (fused)",
                                            "classwisesaliencymap (cloned tail)"]
+
+
+def test_fp16_compressed_ir(exported, tmp_path):
+    """OpenVINO saves f16 weights by default: the head of such an IR (decompression folded in the mirror, the
+    fused Recipro-CAM reading the head weights through it) equals the ONNX head saved with --compress-fp16."""
+    path, _, size = exported(zoo.Export("efficientnet", True, 18, True, True))
+    ov.save_model(ov.convert_model(str(path)), str(tmp_path / "f16.xml"))  # compress_to_fp16 defaults to True
+    images = np.random.default_rng(6).standard_normal((3, 3, size, size)).astype(np.float32)
+    for algo in ("classwisesaliencymap", "eigencam", "activationmap"):
+        onnx_head = xai_graph.save_ir(xai_graph.insert(path, algo, raw=True), tmp_path / "o.xml", compress_fp16=True)
+        ir_model = xai_graph.insert(tmp_path / "f16.xml", algo, raw=True)
+        ir_head = xai_graph.save_model(ir_model, tmp_path / "i.xml")
+        expected = open_model(onnx_head, "openvino")({"image": images})["saliency_map"]
+        got = open_model(ir_head, "openvino")({"image": images})
+        reference.assert_close_raw(got["saliency_map"], expected.astype(np.float64), f"{algo} f16 IR", rel=1e-5)
+        plain = open_model(tmp_path / "f16.xml", "openvino")({"image": images})
+        np.testing.assert_array_equal(got["scores"], plain["scores"])
+    assert ir_model.get_rt_info(["xai_graph", "xai_graph.method"]).astype(str) == "ActivationMap"

@@ -43,7 +43,7 @@ def _describe_value(v: ir.Value) -> dict:
     return {"name": v.name, "shape": shape_text(v), "dtype": v.dtype.name if v.dtype is not None else "?"}
 
 
-def describe(path: str | os.PathLike, target_layer: str | None = None) -> ModelReport:
+def describe(path: str | os.PathLike, target_layer: str | None = None, heads: list[str] | None = None) -> ModelReport:
     model = Mirror(read_ir(path)).ir_model if str(path).endswith(".xml") else load_model(path)
     graph = model.graph
     report = ModelReport(
@@ -53,7 +53,7 @@ def describe(path: str | os.PathLike, target_layer: str | None = None) -> ModelR
         outputs=[_describe_value(v) for v in graph.outputs],
         metadata=dict(model.metadata_props),
     )
-    detector = None if target_layer else find_class_heads(model)
+    detector = None if target_layer else find_class_heads(model, heads)
     if detector is not None:
         report.task, report.reason = "detection", detector.reason
         report.scores, report.final_activation = ", ".join(o.name for o in detector.outputs), detector.activation
