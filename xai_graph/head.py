@@ -195,9 +195,10 @@ def scale_to_uint8(b: GraphBuilder, saliency: ir.Value, class_wise: bool) -> ir.
     flat = b.reshape(saliency, 0, 0, -1) if class_wise else b.reshape(saliency, 0, -1)  # [B, (K,) hw]
     low = b.reduce("ReduceMin", flat, [-1], keepdims=True)
     high = b.reduce("ReduceMax", flat, [-1], keepdims=True)
-    span = b.op("Add", b.op("Sub", high, low), b.scalar(_EPSILON))
-    scaled = b.op("Div", b.op("Mul", b.op("Sub", flat, low), b.scalar(255.0)), span)
-    # 0 <= scaled <= 255 * span / (span + eps) < 255.5, so rounding stays in range: no Clip needed.
+    # The factor is computed per map ([B, (K,) 1]), so the full-size work is one Sub and one Mul.
+    factor = b.op("Div", b.scalar(255.0), b.op("Add", b.op("Sub", high, low), b.scalar(_EPSILON)))
+    scaled = b.op("Mul", b.op("Sub", flat, low), factor)
+    # 0 <= scaled <= 255 * span / (span + eps) (+ float rounding) < 255.5: rounding stays in range, no Clip.
     rounded = b.op("Round", scaled)
     return b.op("Reshape", b.op("Cast", rounded, to=ir.DataType.UINT8), b.op("Shape", saliency))
 

@@ -28,7 +28,7 @@ import onnx_ir as ir
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.tail import clone_nodes, clone_tail
-from xai_graph.graph.transformer import TransformerBlock
+from xai_graph.graph.transformer import Attention, TransformerBlock
 from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
 from xai_graph.methods.recipro_cam import GAUSSIAN_KERNEL, check_mask_and_score, class_score
 
@@ -97,15 +97,40 @@ def cloned_block_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndar
                       also={block.normalised: masked(normalised)})
 
 
+def _zeros(b: GraphBuilder, shape: ir.Value) -> ir.Value:
+    return b.op("ConstantOfShape", shape, value=ir.tensor(np.zeros(1, dtype=np.float32)))
+
+
+def _flag(node: ir.Node, name: str) -> bool:
+    return name in node.attributes and bool(node.attributes[name].value)
+
+
+def projections_of_zero(b: GraphBuilder, att: Attention, normalised: ir.Value) -> dict[ir.Value, ir.Value]:
+    """The K and V projections copied onto zero tokens. A linear layer of zeros is zeros: its output is made
+    (ConstantOfShape) rather than computed, which leaves the biases, reshapes and transposes to run."""
+    zeros = _zeros(b, b.op("Shape", normalised))
+    mapping, known_zero = {normalised: zeros}, {zeros}
+    for node in att.projections:
+        weight = node.inputs[1].const_value if node.op_type == "MatMul" and len(node.inputs) == 2 else None
+        if node.inputs[0] in mapping and mapping[node.inputs[0]] in known_zero and weight is not None \
+                and len(weight.shape) == 2 and not _flag(node, "transpose_a"):
+            width = weight.shape[0] if _flag(node, "transpose_b") else weight.shape[1]  # (OpenVINO's MatMul)
+            rows = b.op("Slice", b.op("Shape", mapping[node.inputs[0]]), b.ints([0]), b.ints([-1]), b.ints([0]))
+            made = _zeros(b, b.op("Concat", rows, b.ints([width]), axis=0))
+            mapping[node.outputs[0]] = made
+            known_zero.add(made)
+            continue
+        mapping = clone_nodes(b, [node], mapping)
+    return mapping
+
+
 def class_token_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndarray) -> ir.Value:
     """The class-token form (module docstring): [B*hw, K] logits."""
     att, extra, x = block.attention, block.extra_tokens, block.tokens
     hw, tokens = masks.shape
     rank = len(att.output.shape)  # attention tensors are [L..., T, d], L = (B, heads) or (B*heads)
     lead = rank - 2
-    n = block.normalised
-    zeros = b.op("ConstantOfShape", b.op("Shape", n), value=ir.tensor(np.zeros(1, dtype=np.float32)))
-    zeroed = clone_nodes(b, att.projections, {n: zeros})  # a masked-out token's K and V: the biases
+    zeroed = projections_of_zero(b, att, block.normalised)  # a masked-out token's K and V: the biases
     query = b.op("Slice", att.query, b.ints([0]), b.ints([extra]), b.ints([rank - 2]))  # [L..., E, d]
 
     def attention_logits(keys: ir.Value) -> ir.Value:  # f(Q_extra @ keys), [L..., 1, E, T]
