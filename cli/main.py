@@ -16,7 +16,6 @@ from xai_graph.methods.recipro_cam import MASKS, SCORES
 from xai_graph.bench import benchmark, format_table
 from xai_graph.explain import Explainer
 from xai_graph.gallery import IMAGE_FORMATS, ResultWriter
-from xai_graph.graph.analysis import shape_text
 from xai_graph.images import find_images
 from xai_graph.pipeline import explain_files
 from xai_graph.preprocess import RESIZE_TYPES, parse_triple, model_info_metadata

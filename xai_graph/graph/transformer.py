@@ -183,7 +183,7 @@ def find_transformer(model: ir.Model) -> TransformerBlock | None:
 
 def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Value) -> tuple[Attention | None, str]:
     """The attention core of the last block, with everything the class-token form relies on checked."""
-    n, x, tokens = block.normalised, block.tokens, block.tokens.shape[1]
+    n, tokens = block.normalised, block.tokens.shape[1]
     block_nodes = index.path_nodes(n, attended)
     fused = [node for node in block_nodes if node.op_type == "ScaledDotProductAttention"]
     if len(fused) == 1:
