@@ -206,7 +206,8 @@ def test_blazeface_tflite_converted_by_openvino(tmp_path):
     tflite = _package_file("mediapipe", "modules/face_detection/face_detection_short_range.tflite")
     xml = tmp_path / "blazeface.xml"
     ov.save_model(ov.convert_model(str(tflite)), str(xml), compress_to_fp16=False)
-    result = xai_graph_cli("insert", xml, "-o", tmp_path / "face.xml", "--head", "classificators", "--raw")
+    result = xai_graph_cli("insert", xml, "-o", tmp_path / "face.xml", "--head", "classificators", "--raw",
+                           "--det-score", "sigmoid")
     assert result.returncode == 0, result.stderr
     assert "could not make this IR's batch dynamic" in result.stderr  # its Reshapes bake in batch 1
     report = xai_graph_cli("inspect", xml, "--head", "classificators")
@@ -217,14 +218,18 @@ def test_blazeface_tflite_converted_by_openvino(tmp_path):
     logits = out["classificators"][0, :, 0]
     fine = logits[:512].reshape(16, 16, 2).max(-1)  # anchor-minor, as the TFLite model concatenates them
     coarse = logits[512:].reshape(8, 8, 6).max(-1)
-    expected = (cv2.resize(fine, (8, 8), interpolation=cv2.INTER_LINEAR) + coarse) / 2
-    np.testing.assert_allclose(out["saliency_map"][0, 0], expected, rtol=1e-5, atol=1e-5)
-    assert out["detection_class_scores"][0, 0] == pytest.approx(logits.max(), abs=1e-6)
+    expected = 1 / (1 + np.exp(-(cv2.resize(fine, (8, 8), interpolation=cv2.INTER_LINEAR) + coarse) / 2))
+    np.testing.assert_allclose(out["saliency_map"][0, 0], expected, rtol=1e-5, atol=1e-6)
+    assert out["detection_class_scores"][0, 0] == pytest.approx(1 / (1 + np.exp(-logits.max())), abs=1e-6)
     plain = open_model(xml, "openvino")({"input": x})
     np.testing.assert_array_equal(out["regressors"], plain["regressors"])
-    # The astronaut's face (upper middle of the photo) is where the map peaks.
-    row, col = np.unravel_index(out["saliency_map"][0, 0].argmax(), (8, 8))
+    # The astronaut's face (upper middle of the photo) is where the map peaks, well above the rest.
+    face_map = out["saliency_map"][0, 0]
+    row, col = np.unravel_index(face_map.argmax(), (8, 8))
     assert row <= 3 and 2 <= col <= 5, (row, col)
+    face = np.zeros((8, 8), bool)
+    face[1:3, 3:5] = True
+    assert face_map[face].mean() > 3 * face_map[~face].mean()
 
 
 @pytest.mark.parametrize("package, relative, shape", [

@@ -85,8 +85,10 @@ class DetClassProbabilityMap(SaliencyMethod):
         elif self.options.det_score == "sigmoid":
             mean = b.op("Sigmoid", mean)
         best = best_per_level[0] if len(best_per_level) == 1 else b.op("Max", *best_per_level)
-        if target.activation == "Sigmoid":
-            best = b.op("Sigmoid", best)  # monotonic: the sigmoid of the best logit is the best probability
+        # Monotonic: the sigmoid of the best logit is the best probability. A graph without a score activation
+        # (BlazeFace leaves it to post-processing) gets the one asked for with det_score="sigmoid".
+        if target.activation == "Sigmoid" or (target.activation is None and self.options.det_score == "sigmoid"):
+            best = b.op("Sigmoid", best)
         return Saliency(self._without_background(b, target, mean), class_scores=self._without_background(b, target, best))
 
     def _best_scores(self, b: GraphBuilder, target: DetectorHeads, grouped) -> object:
