@@ -15,13 +15,10 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 
 class OnnxRuntimeModel:
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, graph_optimization_level: str = "all"):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[graph_optimization_level]
         if threads:
             options.intra_op_num_threads = threads
         # Idle ORT threads spin by default, stealing the cores that decode and render in parallel.
@@ -57,8 +54,7 @@ class OpenVinoModel:
 
 def open_model(path: str | os.PathLike, runtime: str = "onnxruntime", **options):
     if runtime == "onnxruntime":
-        return OnnxRuntimeModel(path, threads=options.get("threads"),
-                                graph_optimization_level=options.get("graph_optimization_level", "all"))
+        return OnnxRuntimeModel(path, threads=options.get("threads"))
     if runtime == "openvino":
         return OpenVinoModel(path, **options)
     raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")

@@ -101,12 +101,15 @@ def shape_text(value: ir.Value) -> str:
 
 
 def constant_array(value: ir.Value | None):
-    """The numpy value of an initializer or Constant-node output, else None."""
+    """The numpy value of an initializer or Constant-node output (also through Identity nodes, which torch's
+    exporter writes for weights it deduplicated), else None."""
     if value is None:
         return None
     if value.const_value is not None:
         return value.const_value.numpy()
     node = value.producer()
+    if node is not None and node.op_type == "Identity" and node.domain == "":
+        return constant_array(node.inputs[0])
     if node is not None and node.op_type == "Constant" and "value" in node.attributes:
         return node.attributes["value"].as_tensor().numpy()
     return None

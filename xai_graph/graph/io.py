@@ -19,6 +19,9 @@ from onnx_ir import external_data as ir_external_data
 
 from xai_graph.errors import XaiGraphError
 
+# Names of the intermediate values whose shapes the source file declared (its value_info).
+SOURCE_ANNOTATIONS = "xai_graph.source_annotations"
+
 # A protobuf cannot exceed 2 GiB; beyond this, weights must go to a .data file.
 _PROTO_LIMIT_BYTES = 2**31 - 2**24
 
@@ -49,6 +52,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except Exception as exc:
         raise XaiGraphError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
     model = ir.serde.deserialize_model(_with_inferred_shapes(proto))
+    model.meta[SOURCE_ANNOTATIONS] = frozenset(v.name for v in proto.graph.value_info)
     ir_external_data.set_base_dir(model.graph, str(path.parent))
     model.meta["xai_graph.source"] = str(path.resolve())
     model.meta["xai_graph.external_data"] = external
@@ -158,7 +162,7 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
     if external_data is None:
         external_data = bool(model.meta.get("xai_graph.external_data")) or _estimated_bytes(model) > _PROTO_LIMIT_BYTES
     data_name = path.name + ".data"
-    with _staging(path, "the model") as staging:
+    with _staging(path, "the model") as staging, _source_annotations_only(model):
         staged = staging / path.name
         ir.save(model, staged, external_data=data_name if external_data else None)
         onnx.checker.check_model(str(staged))
@@ -166,6 +170,28 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
             os.replace(staging / data_name, path.parent / data_name)
         os.replace(staged, path)
     return path
+
+
+@contextlib.contextmanager
+def _source_annotations_only(model: ir.Model):
+    """Write only the intermediate shapes the source declared, not the ones inferred on loading.
+
+    Runtimes optimise with what a file declares: ONNX Runtime fuses Add + LayerNormalization
+    into SkipLayerNormalization only where the shapes are declared, and the fused kernel
+    rounds differently. Declaring more than the source would change the original outputs.
+    """
+    annotated = model.meta.get(SOURCE_ANNOTATIONS)
+    boundary = {*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values()}
+    hidden = [] if annotated is None else [
+        (v, v.type, v.shape) for node in model.graph for v in node.outputs
+        if v not in boundary and v.name not in annotated and (v.type is not None or v.shape is not None)]
+    for value, _, _ in hidden:
+        value.type, value.shape = None, None
+    try:
+        yield
+    finally:
+        for value, kind, shape in hidden:
+            value.type, value.shape = kind, shape
 
 
 @contextlib.contextmanager
