@@ -141,7 +141,9 @@ def to_ir(model: ir.Model | onnx.ModelProto | str | os.PathLike) -> ir.Model:
         copy.meta.update(model.meta)
         return copy
     if isinstance(model, onnx.ModelProto):
-        return ir.serde.deserialize_model(_with_inferred_shapes(model))
+        result = ir.serde.deserialize_model(_with_inferred_shapes(model))
+        result.meta[SOURCE_ANNOTATIONS] = frozenset(v.name for v in model.graph.value_info)
+        return result
     return load_model(model)
 
 
