@@ -185,9 +185,10 @@ class Explainer:
 
     def _instrumented_ir(self, source: Path, algo: str | None, raw: bool) -> tuple[Path, bool]:
         """The IR itself where it has a head, else a copy instrumented (natively, full maps) in a temporary folder."""
-        if SALIENCY_MAP in {name for port in read_ir(source).outputs for name in port.get_names()}:
+        plain = read_ir(source)
+        if SALIENCY_MAP in {name for port in plain.outputs for name in port.get_names()}:
             return source, False
-        model = insert(source, algo or "classwisesaliencymap", raw=raw)
+        model = insert(plain, algo or "classwisesaliencymap", raw=raw)  # the IR read once, not twice
         folder = Path(tempfile.mkdtemp(prefix="xai-graph-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
         return save_model(model, folder / "instrumented.xml"), True

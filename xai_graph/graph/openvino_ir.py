@@ -226,7 +226,7 @@ def _translate(kind: str, attrs: dict, inputs: list[ir.Value]):
         return kind, inputs, keep
     if kind in _RENAMED:
         return _RENAMED[kind], inputs, {}
-    if kind.startswith("Reduce") and kind in {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin", "ReduceL2"}:
+    if kind in {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin", "ReduceL2"}:
         return kind, inputs, {"keepdims": int(bool(attrs.get("keep_dims", False)))}
     if kind == "Reshape":
         return "Reshape", inputs, {"allowzero": 0 if attrs.get("special_zero") else 1}

@@ -124,7 +124,7 @@ def _decomposed_norm(div: ir.Node) -> LayerNorm | None:
 
 def _is_last_axis_mvn(node: ir.Node) -> bool:
     """OpenVINO's MVN over the last axis with variance: a layer norm without its affine part."""
-    if node.domain != "ov" or node.op_type != "MVN" or not node.attributes.get("normalize_variance"):
+    if node.domain != "ov" or node.op_type != "MVN" or not node.attributes.get_int("normalize_variance", 0):
         return False
     return _reduces_last_axis(node)
 
@@ -207,12 +207,12 @@ def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Val
     logit_nodes.insert(0, matmul)
     query, keys = matmul.inputs
     values, output = users[0].inputs[1], users[0].outputs[0]
-    axis = softmax.attributes["axis"].value if "axis" in softmax.attributes else -1
+    axis = softmax.attributes.get_int("axis", -1)
     ranks = {len(v.shape) if v.shape is not None else None for v in (query, keys, values, output)}
     if len(ranks) != 1 or None in ranks or axis not in (-1, ranks.pop() - 1):
         return None, "the attention's tensors have unknown or differing ranks, or its Softmax is not over the keys"
-    key_axis = -2 if matmul.attributes.get("transpose_b") and matmul.attributes["transpose_b"].value else -1
-    if matmul.attributes.get("transpose_a") and matmul.attributes["transpose_a"].value:
+    key_axis = -2 if matmul.attributes.get_int("transpose_b", 0) else -1  # (OpenVINO's MatMul)
+    if matmul.attributes.get_int("transpose_a", 0):
         return None, "the attention's Q @ K^T transposes Q"
     if any(known_dim(v.shape[a]) != tokens for v, a in ((query, -2), (keys, key_axis), (values, -2), (output, -2))):
         return None, "the attention's token axes are not where Q @ K^T and P @ V put them"
@@ -224,7 +224,7 @@ def _fused_attention(index: GraphIndex, block: TransformerBlock, sdpa: ir.Node) 
     query, keys, values, mask_value, scale_value = [*sdpa.inputs, None, None][:5]
     mask = constant_array(mask_value)
     depth = known_dim(query.shape[-1]) if query.shape is not None else None
-    if (sdpa.attributes.get("causal") and sdpa.attributes["causal"].value) or not isinstance(depth, int) \
+    if sdpa.attributes.get_int("causal", 0) or not isinstance(depth, int) \
             or (mask_value is not None and (mask is None or mask.size != 1)) \
             or scale_value in index.data_dependent:
         return None, "the fused attention has a mask over tokens, a causal flag or an unknown head size"
@@ -259,8 +259,7 @@ def _reads_extra_tokens_only(head: list[ir.Node], extra: int, index: GraphIndex)
     """True where the head selects tokens < `extra` (Gather/Slice on axis 1) and otherwise acts per token."""
     selects = False
     for node in head:
-        if node.op_type == "Gather" and node.attributes.get("axis") is not None \
-                and node.attributes["axis"].value == 1:
+        if node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 1:
             indices = constant_array(node.inputs[1])
             if indices is None or (indices >= extra).any() or (indices < 0).any():
                 return False

@@ -101,10 +101,6 @@ def _zeros(b: GraphBuilder, shape: ir.Value) -> ir.Value:
     return b.op("ConstantOfShape", shape, value=ir.tensor(np.zeros(1, dtype=np.float32)))
 
 
-def _flag(node: ir.Node, name: str) -> bool:
-    return name in node.attributes and bool(node.attributes[name].value)
-
-
 def projections_of_zero(b: GraphBuilder, att: Attention, normalised: ir.Value) -> dict[ir.Value, ir.Value]:
     """The K and V projections copied onto zero tokens. A linear layer of zeros is zeros: its output is made
     (ConstantOfShape) rather than computed, which leaves the biases, reshapes and transposes to run."""
@@ -113,8 +109,8 @@ def projections_of_zero(b: GraphBuilder, att: Attention, normalised: ir.Value) -
     for node in att.projections:
         weight = node.inputs[1].const_value if node.op_type == "MatMul" and len(node.inputs) == 2 else None
         if node.inputs[0] in mapping and mapping[node.inputs[0]] in known_zero and weight is not None \
-                and len(weight.shape) == 2 and not _flag(node, "transpose_a"):
-            width = weight.shape[0] if _flag(node, "transpose_b") else weight.shape[1]  # (OpenVINO's MatMul)
+                and len(weight.shape) == 2 and not node.attributes.get_int("transpose_a", 0):
+            width = weight.shape[0] if node.attributes.get_int("transpose_b", 0) else weight.shape[1]  # (OpenVINO's)
             rows = b.op("Slice", b.op("Shape", mapping[node.inputs[0]]), b.ints([0]), b.ints([-1]), b.ints([0]))
             made = _zeros(b, b.op("Concat", rows, b.ints([width]), axis=0))
             mapping[node.outputs[0]] = made
