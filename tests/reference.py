@@ -63,7 +63,7 @@ def recipro_cam(f: np.ndarray, tail, mask: str = "gaussian", score: str = "logit
     maps = []
     for fi in f:
         masked = (fi[None] * masks[:, None]).astype(np.float32)  # [hw, C, h, w]
-        scores = _score(np.asarray(tail(masked), dtype=np.float64), score)  # [hw, K]
+        scores = _score(np.asarray(tail(masked), dtype=np.float64).reshape(len(masked), -1), score)  # [hw, K]
         maps.append(scores.T.reshape(-1, h, w))
     return np.stack(maps)
 

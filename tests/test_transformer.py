@@ -66,14 +66,18 @@ def test_masks_and_scores(mask, score, tmp_path):
 
 
 def test_head_reading_every_token_gets_the_cloned_block(tmp_path):
-    """A ViT whose head averages all tokens is not class-token-only: the cloned block is used, and equals
-    the definition."""
+    """A ViT whose head averages all tokens is not class-token-only: the cloned block is the only form; it
+    costs more than 3x the model, so `insert` says so and asks for --brute-force, and then equals the
+    definition."""
     model = TinyViT("fused", pool="mean").eval()
     path = export(model, tmp_path / "vit.onnx")
     block = find_transformer(load_model(path))
     assert block.attention is None and "head reads more than the class" in block.why_cloned
+    with pytest.raises(xai_graph.XaiGraphError, match=r"re-run \d+% of the graph per position .* about [\d.]+x "
+                                                      r"the model's cost: the head reads more .* --brute-force"):
+        xai_graph.insert(path)
     images = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    raw_model = xai_graph.insert(path, raw=True)
+    raw_model = xai_graph.insert(path, raw=True, brute_force=True)
     assert raw_model.metadata_props["xai_graph.method"] == "ViT Recipro-CAM (cloned block)"
     got = open_model(xai_graph.save_model(raw_model, tmp_path / "raw.onnx"))({"image": images})["saliency_map"]
     reference.assert_close_raw(got, vit_recipro_cam(model, torch.from_numpy(images)).astype(np.float64), "mean pool")

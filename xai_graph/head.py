@@ -9,18 +9,20 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import dataclass
 
 import onnx
 import onnx_ir as ir
 
 from xai_graph import __version__
 from xai_graph.errors import XaiGraphError
-from xai_graph.graph.analysis import known_dim, shape_text
+from xai_graph.graph.analysis import estimated_work, known_dim, shape_text
 from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
 from xai_graph.graph.detection import DetectorHeads, find_class_heads
 from xai_graph.graph.openvino_ir import Mirror, lower, make_batch_dynamic, read_ir
-from xai_graph.graph.targets import find_target
+from xai_graph.graph.opset import list_initializers_as_inputs, with_opset_at_least
+from xai_graph.graph.targets import Target, find_target
 from xai_graph.graph.transformer import find_transformer
 from xai_graph.methods import MethodOptions, SaliencyMethod, method_for
 from xai_graph.methods.base import Saliency
@@ -53,6 +55,7 @@ def insert(
     det_score: str = "softmax",
     map_size: tuple[int, int] | None = None,
     background: str = "auto",
+    scores: str | None = None,
 ) -> ir.Model:
     """Return a copy of `model` with a `saliency_map` output (and `feature_vector` on request).
 
@@ -70,7 +73,8 @@ def insert(
     Single-stage detectors are recognised by their per-level class maps (or named
     with `heads`, with `num_anchors` / `num_classes` where they cannot be inferred);
     `classwisesaliencymap` is then DetClassProbabilityMap (`det_score`, `map_size`,
-    `background`). ViT-style classifiers get ViT Recipro-CAM.
+    `background`). ViT-style classifiers get ViT Recipro-CAM. `scores` names the class-score
+    output where the model has several score-shaped outputs (default: chosen by its role).
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "algo")}
     if is_openvino(model):
@@ -117,8 +121,9 @@ def head_summary(model) -> dict[str, str]:
 
 def _insert_into(model: ir.Model, algo: str, *, target_layer, mask, score, raw, feature_vector, replace, metadata,
                  top_k, brute_force, check, heads, num_anchors, num_classes, det_score, map_size,
-                 background) -> ir.Model:
-    """`insert` on an onnx-ir model, in place."""
+                 background, scores) -> ir.Model:
+    """`insert` on an onnx-ir model, in place (a model older than opset 11 is converted first)."""
+    model = with_opset_at_least(model)
     graph = model.graph
     if any(out.name in HEAD_OUTPUTS for out in graph.outputs):
         if not replace:
@@ -126,12 +131,17 @@ def _insert_into(model: ir.Model, algo: str, *, target_layer, mask, score, raw, 
         remove_head(model)
     options = MethodOptions(mask=mask, score=score, top_k=top_k, brute_force=brute_force, det_score=det_score,
                             map_size=map_size, background=background)
-    detector = None if target_layer else find_class_heads(model, heads, num_anchors, num_classes)
-    vit = None if target_layer or detector is not None else find_transformer(model)
+    detector = None if target_layer or scores else find_class_heads(model, heads, num_anchors, num_classes)
+    vit = None if target_layer or detector is not None else find_transformer(model, scores)
     task = "detection" if detector is not None else "transformer" if vit is not None else "classification"
     method = method_for(algo, task)(options)
-    target = detector or vit or find_target(model, target_layer, need_scores=method.class_wise)
+    target = detector or vit or find_target(model, target_layer, need_scores=method.class_wise, scores_name=scores)
     method.check(target)
+    cost = rerun_cost(model, method, target)
+    if cost is not None and cost.factor > MAX_COST and not brute_force:
+        why = getattr(target, "why_cloned", "") or "no cheaper form applies"
+        raise XaiGraphError(f"{method.title} ({method.form(target)}) would {cost}: {why}; use --algo activationmap "
+                            "or eigencam, name a later map with --target-layer, or pass --brute-force to accept it")
     if feature_vector and task != "classification":
         raise XaiGraphError(f"--feature-vector is not available for {task} models yet")
 
@@ -145,8 +155,9 @@ def _insert_into(model: ir.Model, algo: str, *, target_layer, mask, score, raw, 
     if built.class_scores is not None:
         _add_output(graph, built.class_scores, DETECTION_CLASS_SCORES, ir.DataType.FLOAT, map_dims[:2])
     if feature_vector:
-        _add_output(graph, builder.reduce("ReduceMean", target.value, [2, 3], keepdims=False), FEATURE_VECTOR,
-                    ir.DataType.FLOAT, _dims(target.value, [0, 1]))
+        layout = target.layout
+        _add_output(graph, builder.reduce("ReduceMean", target.value, layout.position_axes, keepdims=False),
+                    FEATURE_VECTOR, ir.DataType.FLOAT, _dims(target.value, [0, layout.channel_axis]))
 
     model.metadata_props.update(metadata or {})
     options_used = {"mask": mask, "score": score, "raw": raw, "top_k": top_k, "brute_force": brute_force,
@@ -154,10 +165,45 @@ def _insert_into(model: ir.Model, algo: str, *, target_layer, mask, score, raw, 
     if detector is not None:
         options_used.update(det_score=det_score, background=background)
     model.metadata_props.update(_record(algo, task, method, built, target, options_used))
+    if cost is not None:
+        model.metadata_props["xai_graph.cost"] = str(cost)
     _drop_unused_constants(graph)
+    list_initializers_as_inputs(model)
     if check:
         _check(model)
     return model
+
+
+MAX_COST = 3.0  # times the model's own cost, above which insert asks for --brute-force
+
+
+@dataclass(frozen=True)
+class RerunCost:
+    """How much of the model a head re-runs once per map position."""
+
+    fraction: float  # of the model's estimated multiply-adds
+    positions: int
+
+    @property
+    def factor(self) -> float:
+        return 1.0 + self.fraction * self.positions
+
+    def __str__(self) -> str:
+        return (f"re-run {100 * self.fraction:.0f}% of the graph per position ({self.positions} positions), "
+                f"about {self.factor:.1f}x the model's cost")
+
+
+def rerun_cost(model: ir.Model, method: SaliencyMethod, target) -> RerunCost | None:
+    """The cost of the form `method` takes on `target`, where it re-runs a measurable part of the graph."""
+    repeated = method.repeated_nodes(target)
+    positions = method.positions(target) if repeated else None
+    if not repeated or positions is None:
+        return None
+    flops, weights, exact = estimated_work(model.graph)
+    part_flops, part_weights, _ = estimated_work(repeated)
+    if exact and flops > 0:
+        return RerunCost(part_flops / flops, positions)
+    return RerunCost(part_weights / weights, positions) if weights > 0 else None
 
 
 def _drop_unused_constants(graph: ir.Graph) -> None:
@@ -174,6 +220,8 @@ def _record(algo: str, task: str, method: SaliencyMethod, built: Saliency, targe
         explained = {"xai_graph.target": target.value.name,
                      "xai_graph.scores": target.scores.name if target.scores is not None else "",
                      "xai_graph.scores_activation": target.final_activation or "none"}
+        if isinstance(target, Target) and target.layout.kind != "NCHW":
+            explained["xai_graph.layout"] = target.layout.kind
     return {"xai_graph.version": __version__, "xai_graph.algorithm": algo,
             "xai_graph.method": method.title + (f" ({built.form})" if built.form else ""),
             "xai_graph.task": task, **explained, "xai_graph.options": json.dumps(options, sort_keys=True)}

@@ -8,6 +8,7 @@ its target alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import onnx_ir as ir
@@ -113,3 +114,39 @@ def constant_array(value: ir.Value | None):
     if node is not None and node.op_type == "Constant" and "value" in node.attributes:
         return node.attributes["value"].as_tensor().numpy()
     return None
+
+
+# Ops whose multiply-adds dominate a network's cost; everything else is counted as free.
+_WORK_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+
+def estimated_work(nodes: Iterable[ir.Node]) -> tuple[float, float, bool]:
+    """(multiply-adds per image, weight elements, whether every output size was known) of `nodes`.
+
+    Conv: output elements x (weight elements / output channels); MatMul and Gemm: output
+    elements x the contracted size. Where shape inference lost a size (transformers whose
+    token count comes from computed shapes), multiply-adds are unreliable and the weights
+    are the better measure. Rough figures, used only to say how much of a graph a form
+    re-runs per position.
+    """
+    flops, weights, exact = 0.0, 0.0, True
+    for node in nodes:
+        if node.op_type not in _WORK_OPS or len(node.inputs) < 2 or node.inputs[1] is None:
+            continue
+        out, weight = node.outputs[0].shape, node.inputs[1].shape
+        if out is None or weight is None:
+            exact = False
+            continue
+        dims = [d if isinstance(d, int) and d > 0 else 1 for d in weight]
+        known = [d for d in list(out)[1:] if isinstance(d, int) and d > 0]
+        exact = exact and len(known) == len(out) - 1
+        if node.op_type in ("Conv", "ConvTranspose"):
+            per_output = math.prod(dims) / max(dims[0], 1)
+        elif node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+            per_output = dims[-1]
+        else:
+            per_output = dims[-2] if len(dims) >= 2 else dims[0]
+        flops += math.prod(known) * per_output
+        if node.inputs[1].const_value is not None or node.inputs[1].is_initializer():
+            weights += math.prod(dims)
+    return flops, weights, exact

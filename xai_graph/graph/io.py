@@ -82,10 +82,16 @@ def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     Pad, as in TF-"same" padding), leaving every later map without a size. Those
     computations are folded in a scratch copy first; the inferred shapes are then
     copied onto the original graph, which is left as it was.
+
+    Data propagation also stops at a symbolic batch: a Reshape to [x.size(0), 197, 3, 64]
+    (transformers' attention, Swin's windows) leaves every later axis unknown. Two
+    scratch inferences at batch 2 and 3 settle them: an axis that has the same size
+    in both does not depend on the batch, and takes that size.
     """
     try:
         folded = _fold_small_constants(proto)
         inferred = onnx.shape_inference.infer_shapes(folded, strict_mode=False, data_prop=True)
+        _settle_batch_independent_dims(folded, inferred)
     except Exception:
         return proto  # partial shapes are still usable; steps that need a missing shape say so
     names = {v for node in proto.graph.node for v in node.output} | {i.name for i in proto.graph.input}
@@ -94,6 +100,33 @@ def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     del result.graph.value_info[:]
     result.graph.value_info.extend(v for v in inferred.graph.value_info if v.name in names)
     return result
+
+
+def _settle_batch_independent_dims(folded: onnx.ModelProto, inferred: onnx.ModelProto) -> None:
+    unknown = [v for v in inferred.graph.value_info
+               if any(not d.dim_value and d.dim_param.startswith("unk__") or not (d.dim_value or d.dim_param)
+                      for d in v.type.tensor_type.shape.dim)]
+    batched = [i for i in folded.graph.input if i.type.tensor_type.shape.dim
+               and not i.type.tensor_type.shape.dim[0].dim_value]
+    if not unknown or not batched:
+        return
+    probes = []
+    for batch in (2, 3):
+        scratch = onnx.ModelProto()
+        scratch.CopyFrom(folded)
+        for graph_input in scratch.graph.input:
+            if graph_input.name in {i.name for i in batched}:
+                graph_input.type.tensor_type.shape.dim[0].dim_value = batch
+        probe = onnx.shape_inference.infer_shapes(scratch, strict_mode=False, data_prop=True)
+        probes.append({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in probe.graph.value_info})
+    for value in unknown:
+        first, second = probes[0].get(value.name), probes[1].get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        if first is None or second is None or len(first) != len(dims) or len(second) != len(dims):
+            continue
+        for dim, a, b in zip(dims, first, second):
+            if not dim.dim_value and a and a == b:
+                dim.dim_value = a  # (setting the value clears the unknown symbol)
 
 
 _FOLD_LIMIT = 4096  # elements: shape and padding arithmetic, never weights

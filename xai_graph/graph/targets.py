@@ -3,10 +3,12 @@
 Rules, in order:
 1. `--target-layer` names a value or a node (its first output).
 2. The input of the global pooling that feeds the class scores: GlobalAveragePool,
-   GlobalMaxPool, ReduceMean/ReduceMax over both spatial axes, AveragePool/MaxPool
-   whose kernel covers the map. A pool counts only if everything between it and
-   the scores is a function of the pool alone; that rejects squeeze-excitation
-   pools, whose output gates the map it was computed from.
+   GlobalMaxPool, ReduceMean/ReduceMax over every position, AveragePool/MaxPool
+   whose kernel covers the map. Positions may be NCHW, channels-last [B, H, W, C]
+   or a square token grid ([B, H*W, C] or [B, C, H*W]); see `layout.py`. A pool
+   counts only if everything between it and the scores is a function of the pool
+   alone; that rejects squeeze-excitation pools, whose output gates the map it was
+   computed from.
 3. Heads without global pooling (Flatten + Gemm, as VGG): the last spatial map that
    the scores are a function of.
 """
@@ -18,10 +20,19 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
-from xai_graph.graph.analysis import GraphIndex, constant_array, shape_text, spatial_size
+from xai_graph.graph.analysis import GraphIndex, constant_array, known_dim, shape_text, spatial_size
+from xai_graph.graph.layout import Layout, square_grid
 
 _SCORE_ACTIVATIONS = {"Softmax", "Sigmoid", "LogSoftmax"}
 _PASS_THROUGH = {"Identity"}
+# Ops that make channels-first maps, and ops a map keeps its layout through: a rank-4 value counts as an
+# NCHW map (a fallback target) only when made by the first kind, so a channels-last [B, H, W, C] value of a
+# transformer is never read as NCHW.
+_CHANNELS_FIRST_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool", "LRN",
+                       "InstanceNormalization", "Resize", "Upsample"}
+_LAYOUT_KEEPING_OPS = {"Relu", "Clip", "Sigmoid", "Mul", "Add", "Div", "Sub", "HardSwish", "HardSigmoid",
+                       "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Identity", "Dropout", "Pad", "Concat", "Sum",
+                       "Max", "Min", "Softplus", "Mish", "Gelu", "Erf"}
 _MAX_CANDIDATES = 8
 
 
@@ -30,6 +41,7 @@ class Pool:
     node: ir.Node
     input: ir.Value
     feeds_scores: bool  # False: a squeeze-excitation (or otherwise side) pool
+    layout: Layout = Layout()
 
 
 @dataclass
@@ -44,19 +56,63 @@ class Target:
     tail: list[ir.Node] = field(default_factory=list)  # nodes from F to logits
     pools: list[Pool] = field(default_factory=list)
     candidates: list[ir.Value] = field(default_factory=list)  # maps the scores are a function of
+    layout: Layout = Layout()
 
     @property
     def num_classes(self) -> int | None:
-        k = self.logits.shape[-1] if self.logits is not None and self.logits.shape is not None else None
-        return k if isinstance(k, int) and k > 0 else None
+        return classes_of(self.logits)
 
 
-def find_scores(graph: ir.Graph) -> ir.Value:
-    """The class-score output: the first float output of shape [B, K]."""
-    for out in graph.outputs:
-        if out.shape is not None and len(out.shape) == 2 and out.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, None):
-            return out
+def classes_of(logits: ir.Value | None) -> int | None:
+    """K of class scores shaped [B, K], [B, K, 1, 1] or [B, 1, 1, K]."""
+    if logits is None or logits.shape is None:
+        return None
+    k = known_dim(logits.shape[class_axis(logits)])
+    return k if isinstance(k, int) and k > 0 else None
+
+
+def class_axis(scores: ir.Value) -> int:
+    """Where the classes are in a score tensor: 1, or 3 for [B, 1, 1, K] (channels-last exports)."""
+    dims = list(scores.shape) if scores.shape is not None else []
+    return 3 if len(dims) == 4 and dims[1] == 1 and dims[2] == 1 and dims[3] != 1 else 1
+
+
+def _is_score_shaped(value: ir.Value) -> bool:
+    """[B, K], or [B, K, 1, 1] / [B, 1, 1, K] (classifiers ending in a 1x1 convolution), float."""
+    if value.shape is None or value.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, None):
+        return False
+    dims = list(value.shape)
+    if len(dims) == 2:
+        return True
+    return len(dims) == 4 and (dims[2:] == [1, 1] or dims[1:3] == [1, 1])
+
+
+def _role_rank(value: ir.Value, index: GraphIndex) -> tuple:
+    """Class scores end in a score activation, or in a linear layer; an embedding beside them is
+    upstream of them (fewer ancestors). The name breaks ties, so the choice never depends on output order."""
+    logits, activation = strip_score_activation(value)
+    node = logits.producer()
+    linear = node is not None and node.op_type in ("Gemm", "MatMul", "Add", "Conv")
+    return activation is not None, linear, len(index.ancestors(logits)), value.name
+
+
+def find_scores(graph: ir.Graph, name: str | None = None) -> ir.Value:
+    """The class-score output: the one named, or among the score-shaped outputs the one whose role is
+    class scores (the same for an ONNX model and its IR, whose outputs may be listed in another order)."""
     shapes = ", ".join(f"{o.name} {shape_text(o)}" for o in graph.outputs)
+    if name is not None:
+        named = next((o for o in graph.outputs if o.name == name), None)
+        if named is None:
+            raise XaiGraphError(f"--scores {name!r} is not an output of the model; outputs: {shapes}")
+        if not _is_score_shaped(named):
+            raise XaiGraphError(f"--scores {name!r} is {shape_text(named)}, not class scores [B, K]")
+        return named
+    candidates = [o for o in graph.outputs if _is_score_shaped(o)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        index = GraphIndex(graph)
+        return max(candidates, key=lambda o: _role_rank(o, index))
     raise XaiGraphError(
         f"no class-score output [B, K] among the outputs ({shapes}), and no single-stage detector class maps "
         "(spatial maps reaching an output through Reshape/Transpose/Concat/Split/Slice and a Sigmoid or Softmax); "
@@ -78,37 +134,75 @@ def strip_score_activation(scores: ir.Value) -> tuple[ir.Value, str | None]:
 
 
 def is_global_pool(node: ir.Node) -> bool:
+    return pool_layout(node) is not None
+
+
+def _reduced_axes(node: ir.Node, rank: int) -> set[int] | None:
+    if "axes" in node.attributes:
+        axes = node.attributes["axes"].as_ints()
+    else:
+        axes = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    return {int(a) % rank for a in list(axes)} if axes is not None else None
+
+
+# Reduced axes of a global pooling -> the layout of the map it pools.
+_REDUCE_LAYOUTS = {(4, (2, 3)): "NCHW", (4, (1, 2)): "NHWC", (3, (1,)): "NLC", (3, (2,)): "NCL"}
+
+
+def pool_layout(node: ir.Node) -> Layout | None:
+    """The layout of the map `node` pools over every position, or None when it is not a global pooling."""
     x = node.inputs[0] if node.inputs else None
-    if x is None or spatial_size(x) is None:
-        return False
+    rank = len(x.shape) if x is not None and x.shape is not None else None
+    if rank not in (3, 4):
+        return None
     if node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
-        return True
-    if node.op_type in ("ReduceMean", "ReduceMax"):
-        if "axes" in node.attributes:
-            axes = node.attributes["axes"].as_ints()
-        else:
-            axes = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
-        return axes is not None and {int(a) % 4 for a in list(axes)} == {2, 3}
-    if node.op_type in ("AveragePool", "MaxPool"):
+        kind = "NCHW" if rank == 4 else "NCL"
+    elif node.op_type in ("ReduceMean", "ReduceMax"):
+        axes = _reduced_axes(node, rank)
+        kind = _REDUCE_LAYOUTS.get((rank, tuple(sorted(axes)))) if axes else None
+    elif node.op_type in ("AveragePool", "MaxPool") and rank == 4:
         kernel = node.attributes["kernel_shape"].as_ints() if "kernel_shape" in node.attributes else None
         pads = node.attributes["pads"].as_ints() if "pads" in node.attributes else [0]
         auto_pad = node.attributes["auto_pad"].as_string() if "auto_pad" in node.attributes else "NOTSET"
-        return (kernel is not None and tuple(kernel) == spatial_size(x)
-                and not any(pads) and auto_pad in ("NOTSET", "VALID"))
+        covers = kernel is not None and tuple(kernel) == spatial_size(x) and None not in spatial_size(x)
+        kind = "NCHW" if covers and not any(pads) and auto_pad in ("NOTSET", "VALID") else None
+    else:
+        kind = None
+    if kind is None:
+        return None
+    if rank == 3:  # a token sequence: its grid must be square to be told from the sequence length
+        length = known_dim(x.shape[1 if kind == "NLC" else 2])
+        if not isinstance(length, int):
+            return Layout(kind)  # unknown here (Swin's computed padding hides it): square, sized at run time
+        grid = square_grid(length)
+        return Layout(kind, grid) if grid is not None else None
+    return Layout(kind)
+
+
+def _made_channels_first(value: ir.Value, index: GraphIndex) -> bool:
+    for _ in range(32):
+        node = value.producer()
+        if node is None or node.op_type not in _LAYOUT_KEEPING_OPS:
+            return node is not None and node.op_type in _CHANNELS_FIRST_OPS
+        value = next((v for v in node.inputs if v is not None and v in index.data_dependent), None)
+        if value is None:
+            return False
     return False
 
 
-def _has_spatial_extent(value: ir.Value) -> bool:
-    size = spatial_size(value)
-    return size is not None and size != (1, 1)
+def _has_spatial_extent(value: ir.Value, layout: Layout = Layout()) -> bool:
+    if layout.kind == "NCHW" and spatial_size(value) is None:
+        return False
+    return layout.static_grid(value) != (1, 1)
 
 
-def find_target(model: ir.Model, target_layer: str | None = None, need_scores: bool = True) -> Target:
+def find_target(model: ir.Model, target_layer: str | None = None, need_scores: bool = True,
+                scores_name: str | None = None) -> Target:
     """The map to explain; `need_scores=False` (class-agnostic methods) accepts a named map in any model."""
     graph = model.graph
     index = GraphIndex(graph)
     try:
-        scores = find_scores(graph)
+        scores = find_scores(graph, scores_name)
     except XaiGraphError:
         if need_scores or target_layer is None:
             raise
@@ -122,14 +216,15 @@ def find_target(model: ir.Model, target_layer: str | None = None, need_scores: b
     def is_sole_source(value: ir.Value) -> bool:
         return not index.foreign_inputs(value, index.path_nodes(value, logits))
 
-    pools = [Pool(node, node.inputs[0], False) for node in index.nodes
-             if node in ancestors and is_global_pool(node)]
+    pools = [Pool(node, node.inputs[0], False, layout) for node in index.nodes
+             if node in ancestors and (layout := pool_layout(node)) is not None]
     for pool in pools:
         pool.feeds_scores = is_sole_source(pool.node.outputs[0])
 
     def is_candidate(v: ir.Value) -> bool:  # (a node's other outputs, such as MaxPool's indices, may not feed it)
         feeds_scores = any(user in ancestors for user in v.consumers())
-        return feeds_scores and _has_spatial_extent(v) and v in index.data_dependent and is_sole_source(v)
+        return (feeds_scores and _has_spatial_extent(v) and v in index.data_dependent
+                and _made_channels_first(v, index) and is_sole_source(v))
 
     # The last few maps, nearest the scores first in the search; checking every
     # value of a deep network would cost O(nodes^2).
@@ -140,9 +235,9 @@ def find_target(model: ir.Model, target_layer: str | None = None, need_scores: b
         if len(candidates) >= _MAX_CANDIDATES:
             break
 
-    def target(value: ir.Value, reason: str) -> Target:
+    def target(value: ir.Value, reason: str, layout: Layout = Layout()) -> Target:
         return Target(value, scores, logits, activation, reason, index.path_nodes(value, logits),
-                      pools, candidates)
+                      pools, candidates, layout)
 
     if target_layer is not None:
         value = _named_value(graph, target_layer)
@@ -157,11 +252,12 @@ def find_target(model: ir.Model, target_layer: str | None = None, need_scores: b
                                 f"after it); candidate maps: {', '.join(v.name for v in candidates) or 'none'}")
         return target(value, "named with --target-layer")
 
-    head_pools = [p for p in pools if p.feeds_scores and _has_spatial_extent(p.input)]
+    head_pools = [p for p in pools if p.feeds_scores and _has_spatial_extent(p.input, p.layout)]
     if head_pools:
         pool = head_pools[-1]
+        where = "" if pool.layout.kind == "NCHW" else f" ({pool.layout.kind} layout)"
         return target(pool.input, f"input of {pool.node.op_type} '{pool.node.name}', the pooling that feeds "
-                                  f"'{scores.name}'")
+                                  f"'{scores.name}'{where}", pool.layout)
     if candidates:
         return target(candidates[-1], f"last spatial map before the head of '{scores.name}' (no global pooling)")
     raise XaiGraphError(f"'{scores.name}' is fed by no spatial map [B, C, h, w] (CNN) and by no recognised "

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
+from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import GraphIndex, constant_array, known_dim
 from xai_graph.graph.targets import find_scores, strip_score_activation
 
@@ -140,11 +141,11 @@ def layer_norms(graph: ir.Graph) -> list[LayerNorm]:
     return norms
 
 
-def find_transformer(model: ir.Model) -> TransformerBlock | None:
+def find_transformer(model: ir.Model, scores_name: str | None = None) -> TransformerBlock | None:
     graph = model.graph
     try:
-        scores = find_scores(graph)
-    except Exception:
+        scores = find_scores(graph, scores_name)
+    except XaiGraphError:
         return None
     logits, activation = strip_score_activation(scores)
     index = GraphIndex(graph)
@@ -154,13 +155,11 @@ def find_transformer(model: ir.Model) -> TransformerBlock | None:
         return None
     final_norm = max(norms, key=lambda n: index.position[n.output.producer()])
     y = _producer(final_norm.input, "Add")
-    if y is None:
+    mlp_skip = _residual_skip(y, index) if y is not None else None
+    residual = _producer(mlp_skip, "Add")
+    x = _residual_skip(residual, index) if residual is not None else None
+    if x is None:
         return None
-    residual = next((_producer(v, "Add") for v in y.inputs if _producer(v, "Add")), None)
-    if residual is None:
-        return None
-    a, b = residual.inputs
-    x = a if a.producer() in index.ancestors(b) or a.is_graph_input() else b
     norm1 = next((n for n in norms if n.input is x), None)
     if norm1 is None or x.shape is None or len(x.shape) != 3:
         return None
@@ -179,6 +178,18 @@ def find_transformer(model: ir.Model) -> TransformerBlock | None:
                     f"patches and {extra_tokens} extra token(s)")
     block.attention, block.why_cloned = _find_attention(index, block, residual.outputs[0])
     return block
+
+
+def _residual_skip(add: ir.Node, index: GraphIndex) -> ir.Value | None:
+    """The skip operand of a residual `Add(skip, branch(skip))`: the operand the other one is computed from
+    (timm writes x + f(x), transformers f(x) + x)."""
+    if len(add.inputs) != 2:
+        return None
+    a, b = add.inputs
+    for skip, branch in ((a, b), (b, a)):
+        if skip.is_graph_input() or skip.producer() in index.ancestors(branch):
+            return skip
+    return None
 
 
 def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Value) -> tuple[Attention | None, str]:
@@ -200,9 +211,10 @@ def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Val
         logit_nodes.insert(0, node)
         value = data[0]
     matmul = value.producer()
-    users = softmax.outputs[0].consumers()
+    probabilities = _through_float_casts(softmax.outputs[0])
+    users = probabilities.consumers()
     if matmul is None or matmul.op_type != "MatMul" or len(users) != 1 or users[0].op_type != "MatMul" \
-            or users[0].inputs[0] is not softmax.outputs[0]:
+            or users[0].inputs[0] is not probabilities:
         return None, "the attention is not softmax(Q @ K^T) @ V written with MatMul"
     logit_nodes.insert(0, matmul)
     query, keys = matmul.inputs
@@ -217,6 +229,14 @@ def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Val
     if any(known_dim(v.shape[a]) != tokens for v, a in ((query, -2), (keys, key_axis), (values, -2), (output, -2))):
         return None, "the attention's token axes are not where Q @ K^T and P @ V put them"
     return _checked(index, block, Attention(query, keys, values, output, logit_nodes, [], []))
+
+
+def _through_float_casts(value: ir.Value) -> ir.Value:
+    """Past Cast-to-float32 nodes (transformers' eager attention casts the probabilities to the query's type)."""
+    while len(value.consumers()) == 1 and (node := value.consumers()[0]).op_type == "Cast" \
+            and node.attributes.get_int("to", 0) == ir.DataType.FLOAT and value.dtype in (ir.DataType.FLOAT, None):
+        value = node.outputs[0]
+    return value
 
 
 def _fused_attention(index: GraphIndex, block: TransformerBlock, sdpa: ir.Node) -> tuple[Attention | None, str]:

@@ -18,7 +18,7 @@ class ActivationMap(SaliencyMethod):
     class_wise = False
 
     def build(self, builder: GraphBuilder, target: Target) -> Saliency:
-        return Saliency(builder.reduce("ReduceMean", target.value, [1], keepdims=False))
+        return Saliency(target.layout.channel_mean(builder, target.value))
 
 
 @register_method

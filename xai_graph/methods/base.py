@@ -57,8 +57,8 @@ class SaliencyMethod:
 
     def output_dims(self, target: Target) -> list:
         """Declared dims of `saliency_map`: static sizes and named symbols where known, else None."""
-        dims = list(target.value.shape) if target.value.shape is not None else [None] * 4
-        batch, height, width = (known_dim(dims[i]) for i in (0, 2, 3))
+        batch = known_dim(target.value.shape[0]) if target.value.shape is not None else None
+        height, width = target.layout.grid(target.value)
         if not self.class_wise:
             return [batch, height, width]
         return [batch, self.options.top_k or target.num_classes, height, width]
@@ -66,6 +66,15 @@ class SaliencyMethod:
     def form(self, target: Target) -> str:
         """How the map will be computed for `target`, where a method has several forms ("" otherwise)."""
         return ""
+
+    def repeated_nodes(self, target: Target) -> list[ir.Node]:
+        """Nodes of the model that this form runs once per map position (their cost is multiplied by h*w)."""
+        return []
+
+    def positions(self, target: Target) -> int | None:
+        """h*w of the map, where static."""
+        height, width = self.output_dims(target)[-2:]
+        return height * width if isinstance(height, int) and isinstance(width, int) else None
 
     def build(self, builder: GraphBuilder, target: Target) -> Saliency:
         raise NotImplementedError

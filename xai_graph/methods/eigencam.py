@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from xai_graph.graph.builder import GraphBuilder, static_dim
+from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.targets import Target
 from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
 
@@ -30,17 +30,17 @@ class EigenCAM(SaliencyMethod):
     class_wise = False
 
     def build(self, b: GraphBuilder, target: Target) -> Saliency:
-        f = target.value
-        channels, h, w = static_dim(f, 1), static_dim(f, 2), static_dim(f, 3)
+        f, layout = target.value, target.layout
+        channels, (h, w) = layout.channels(f), layout.static_grid(f)
         positions = h * w if h is not None and w is not None else None
 
-        features = b.op("Transpose", b.reshape(f, 0, 0, -1), perm=[0, 2, 1])  # [B, hw, C]
+        features = layout.by_position(b, f)  # [B, hw, C]
         x = b.op("Sub", features, b.reduce("ReduceMean", features, [1], keepdims=True))  # centred over positions
         xt = b.op("Transpose", x, perm=[0, 2, 1])  # [B, C, hw]
         # The smaller Gram matrix; a dynamic map size falls back to C x C, whose cost is bounded.
         use_positions = positions is not None and channels is not None and positions <= channels
         gram = b.op("MatMul", x, xt) if use_positions else b.op("MatMul", xt, x)
-        size = positions if use_positions else (channels if channels is not None else b.dim(f, 1))
+        size = positions if use_positions else (channels if channels is not None else b.dim(f, layout.channel_axis))
         projector = _dominant_projector(b, gram)
         vector = _projector_column(b, projector, size)  # [B, n, 1]
         if use_positions:
@@ -50,7 +50,7 @@ class EigenCAM(SaliencyMethod):
         s = b.op("MatMul", x, vector)  # [B, hw, 1]
         activation = b.reduce("ReduceMean", features, [2], keepdims=True)  # mean over C, [B, hw, 1]
         s = b.op("Mul", s, _sign_like(b, activation, s))
-        return Saliency(b.reshape(s, -1, b.dim(f, 2), b.dim(f, 3)))
+        return Saliency(b.reshape(s, -1, *layout.sides(b, f)))
 
 
 def _normalised(b: GraphBuilder, m: ir.Value) -> ir.Value:

@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import GraphIndex, constant_array
-from xai_graph.graph.builder import GraphBuilder, static_dim
+from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.tail import clone_tail
 from xai_graph.graph.targets import Target, is_global_pool
 from xai_graph.methods.base import MethodOptions, Saliency, SaliencyMethod, register_method
@@ -75,30 +75,35 @@ class ReciproCAM(SaliencyMethod):
     def form(self, target: Target) -> str:
         return "fused" if self._pool(target) is not None else "cloned tail"
 
+    def repeated_nodes(self, target: Target) -> list[ir.Node]:
+        pool = self._pool(target)
+        return target.tail if pool is None else [n for n in target.tail if n is not pool]
+
     def _pool(self, target: Target) -> ir.Node | None:
         return None if self.options.brute_force else _averaging_pool(target)
 
     def build(self, b: GraphBuilder, target: Target) -> Saliency:
         index = GraphIndex(b.graph)
-        f = target.value
-        h, w = b.dim(f, 2), b.dim(f, 3)
-        static_h, static_w = static_dim(f, 2), static_dim(f, 3)
+        f, layout = target.value, target.layout
+        h, w = layout.sides(b, f)
+        static_h, static_w = layout.static_grid(f)
         positions = static_h * static_w if static_h and static_w else b.op("Mul", h, w)
+        logits = flat_logits(b, target.logits)  # [B, K]
         classes = None
         if self.options.top_k is not None:
-            _, classes = b.op_multi("TopK", target.logits, b.ints([self.options.top_k]), num_outputs=2,
+            _, classes = b.op_multi("TopK", logits, b.ints([self.options.top_k]), num_outputs=2,
                                     axis=-1, largest=1, sorted=1)
         final = _final_linear(b, target, index)
         pool = self._pool(target)
         if pool is not None and final is not None and self._only_reshapes(target, index, pool, final):
-            scores = self._linear_head(b, f, pool, final, classes, positions)  # [B, K or k, hw]
+            scores = self._linear_head(b, target, pool, final, classes, positions)  # [B, K or k, hw]
             return Saliency(b.reshape(scores, 0, 0, h, w), classes, self.form(target))
         final = final if classes is not None else None
         outputs = self._per_position(b, target, index, final.input if final else target.logits, positions, h, w)
         if final is not None:
             scores = self._selected_rows(b, final, outputs, classes, positions)
         else:
-            scores = b.reshape(self.score(b, outputs), -1, positions, b.dim(target.logits, 1))  # [B, hw, K]
+            scores = self.score(b, b.reshape(outputs, -1, positions, b.dim(logits, 1)))  # [B, hw, K]
             if classes is not None:  # the tail does not end linearly: all maps, then the k selected
                 picked = b.op("Expand", b.unsqueeze(classes, [1]),
                               b.shape_from(b.dim(scores, 0), positions, self.options.top_k))
@@ -111,13 +116,13 @@ class ReciproCAM(SaliencyMethod):
         between = index.descendants(pool.outputs[0]) & index.ancestors(final.input)
         return all(n.op_type in _SHAPE_ONLY for n in target.tail if n in between)
 
-    def _linear_head(self, b: GraphBuilder, f: ir.Value, pool: ir.Node, final: _Linear, classes, positions):
+    def _linear_head(self, b: GraphBuilder, target: Target, pool: ir.Node, final: _Linear, classes, positions):
         """Pool -> (reshapes) -> linear layer, the commonest head: S = W @ pooled + bias as one MatMul.
 
         The pooled vectors stay in F's own [B, C, hw] layout, so no transposes are needed;
         with top-k only the k selected rows of W take part.
         """
-        x = b.reshape(self._masked_average(b, f, positions), 0, 0, -1)  # [B, C, hw]
+        x = b.reshape(self._masked_average(b, target, positions), 0, 0, -1)  # [B, C, hw]
         if classes is None:
             weights, bias = final.weight, final.bias  # [K, C], [K]
         else:
@@ -134,9 +139,9 @@ class ReciproCAM(SaliencyMethod):
         f = target.value
         pool = self._pool(target)
         if pool is not None:
-            start, batch = pool.outputs[0], self._pooled_vectors(b, f, pool, positions)
+            start, batch = pool.outputs[0], self._pooled_vectors(b, target, pool, positions)
         else:
-            start, batch = f, self._masked_maps(b, f, positions, h, w)
+            start, batch = f, self._masked_maps(b, target, positions, h, w)
         between = index.descendants(start) & index.ancestors(end)
         nodes = [n for n in target.tail if n in between]
         if end is start or (end is not target.logits and all(n.op_type in _SHAPE_ONLY for n in nodes)):
@@ -153,25 +158,32 @@ class ReciproCAM(SaliencyMethod):
             scores = b.op("Add", scores, b.unsqueeze(b.op("Gather", final.bias, classes, axis=0), [1]))
         return self.score(b, scores)
 
-    def _masked_maps(self, b: GraphBuilder, f: ir.Value, positions, h, w) -> ir.Value:
-        """F masked at every position, as one batch [B*hw, C, h, w]."""
+    def _masked_maps(self, b: GraphBuilder, target: Target, positions, h, w) -> ir.Value:
+        """F masked at every position, as one batch [B*hw, ...] in F's own layout."""
+        f = target.value
         one_hot = b.reshape(b.eye(positions), -1, 1, h, w)
         masks = one_hot if self.options.mask == "onehot" else \
             b.op("Conv", one_hot, b.const(GAUSSIAN_KERNEL.reshape(1, 1, 3, 3)), pads=[1, 1, 1, 1])
-        masked = b.op("Mul", b.unsqueeze(f, [1]), b.unsqueeze(masks, [0]))  # [B, hw, C, h, w]
-        return b.reshape(masked, -1, b.dim(f, 1), h, w)
+        masks = target.layout.masks(b, masks, f)
+        masked = b.op("Mul", b.unsqueeze(f, [1]), b.unsqueeze(masks, [0]))  # [B, hw, ...]
+        return b.reshape(masked, -1, *(b.dim(f, axis) for axis in range(1, len(f.shape))))
 
-    def _pooled_vectors(self, b: GraphBuilder, f: ir.Value, pool: ir.Node, positions) -> ir.Value:
+    def _pooled_vectors(self, b: GraphBuilder, target: Target, pool: ir.Node, positions) -> ir.Value:
         """What the pool outputs for F masked at every position: [B*hw, C] in the pool's own layout."""
-        channels = static_dim(f, 1)
-        x = self._masked_average(b, f, positions)
+        channels = target.layout.channels(target.value)
+        x = self._masked_average(b, target, positions)
         vectors = b.op("Transpose", b.reshape(x, 0, 0, -1), perm=[0, 2, 1])  # [B, hw, C]
+        pooled = pool.outputs[0].shape
+        rest = list(pooled)[1:] if pooled is not None else None
+        if rest is not None and all(isinstance(d, int) and d >= 0 for d in rest):  # C and ones, any order
+            return b.reshape(vectors, -1, *rest)
         keeps_dims = pool.op_type != "ReduceMean" or _keepdims(pool)
         return b.reshape(vectors, -1, channels, 1, 1) if keeps_dims else b.reshape(vectors, -1, channels)
 
-    def _masked_average(self, b: GraphBuilder, f: ir.Value, positions) -> ir.Value:
+    def _masked_average(self, b: GraphBuilder, target: Target, positions) -> ir.Value:
         """[B, C, h, w]: at each position p, the spatial average of F masked at p."""
-        channels = static_dim(f, 1)
+        f = target.layout.to_nchw(b, target.value)
+        channels = target.layout.channels(target.value)
         # The pool divides by all hw positions, masked or not; a static hw goes into the kernel.
         scale = 1.0 / positions if isinstance(positions, int) else 1.0
         if self.options.mask == "gaussian":  # sum of F over the Gaussian neighbourhood of each position
@@ -186,6 +198,11 @@ class ReciproCAM(SaliencyMethod):
     def score(self, b: GraphBuilder, logits: ir.Value, axis: int = -1) -> ir.Value:
         return class_score(b, logits, self.options.score, axis)
 
+def flat_logits(b: GraphBuilder, logits: ir.Value) -> ir.Value:
+    """Class scores as [B, K] (classifiers ending in a 1x1 convolution output [B, K, 1, 1])."""
+    return logits if logits.shape is not None and len(logits.shape) == 2 else b.reshape(logits, 0, -1)
+
+
 def _keepdims(node: ir.Node) -> bool:
     return node.attributes["keepdims"].as_int() != 0 if "keepdims" in node.attributes else True
 
@@ -196,7 +213,8 @@ def _averaging_pool(target: Target) -> ir.Node | None:
     if len(readers) != 1:
         return None
     pool = readers[0]
-    if pool.op_type not in _AVERAGING_POOLS or not is_global_pool(pool) or static_dim(target.value, 1) is None:
+    if pool.op_type not in _AVERAGING_POOLS or not is_global_pool(pool) \
+            or target.layout.channels(target.value) is None:
         return None
     return pool
 

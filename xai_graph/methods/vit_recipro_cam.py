@@ -71,6 +71,9 @@ class ViTReciproCAM(SaliencyMethod):
     def form(self, target: TransformerBlock) -> str:
         return CLONED_FORM if self.options.brute_force or target.attention is None else CLASS_TOKEN_FORM
 
+    def repeated_nodes(self, target: TransformerBlock) -> list[ir.Node]:
+        return target.tail if self.form(target) == CLONED_FORM else target.head
+
     def build(self, b: GraphBuilder, target: TransformerBlock) -> Saliency:
         h, w = target.grid
         masks = token_masks(target.grid, target.extra_tokens, self.options.mask)
