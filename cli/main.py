@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 import xai_graph
+from xai_graph.graph.opset import MIN_OPSET
 from xai_graph.errors import XaiGraphError
 from xai_graph.methods.recipro_cam import MASKS, SCORES
 from xai_graph.bench import benchmark, format_table
@@ -71,7 +72,10 @@ def main():
 @click.option("--classes", "class_maps", default="all", show_default=True, metavar="all|topk:N",
               help="Class-wise maps for every class, or only for each image's N best (adds saliency_classes).")
 @click.option("--brute-force", is_flag=True,
-              help="Recipro-CAM: clone the whole tail on masked maps even where the fused form applies.")
+              help="Recipro-CAM: clone the whole tail on masked maps even where the fused form applies; also accepts "
+                   "a form that costs more than 3x the model.")
+@click.option("--scores", metavar="OUTPUT",
+              help="Classifiers: the class-score output to explain [default: chosen by its role in the graph].")
 @click.option("--head", "heads", multiple=True, metavar="VALUE",
               help="Detectors: a per-level class-score map [B, A*K, h, w] (repeatable); found automatically otherwise.")
 @click.option("--num-anchors", metavar="A[,A...]", help="Detectors: anchors per level (one value for all levels).")
@@ -94,9 +98,9 @@ def main():
 @click.option("--std", help="Preprocessing to record: scale per channel, input = (pixel - mean) / std.")
 @click.option("--bgr/--rgb", default=None, help="Record that the model takes BGR (or RGB) input.")
 @click.option("--resize", type=click.Choice(RESIZE_TYPES), help="Record the resize the model expects.")
-def insert(model, algo, output, target_layer, mask, score, class_maps, brute_force, heads, num_anchors, num_classes,
-           det_score, map_size, background, raw, feature_vector, replace, out_format, compress_fp16, labels, mean, std,
-           bgr, resize):
+def insert(model, algo, output, target_layer, mask, score, class_maps, brute_force, scores, heads, num_anchors,
+           num_classes, det_score, map_size, background, raw, feature_vector, replace, out_format, compress_fp16,
+           labels, mean, std, bgr, resize):
     """Insert a saliency head into MODEL (.onnx or OpenVINO .xml); write ONNX, or OpenVINO IR with --format ir /
     -o OUT.xml (always IR for an IR input)."""
     from_ir = model.suffix == ".xml"
@@ -115,7 +119,7 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
                               brute_force=brute_force, metadata=preprocessing if len(preprocessing) > 1 else None,
                               heads=list(heads) or None, num_anchors=_ints(num_anchors, "--num-anchors"),
                               num_classes=num_classes, det_score=det_score, map_size=_hw(map_size),
-                              background=background,
+                              background=background, scores=scores,
                               check=False)  # save_model checks the written file
     if out_format == "ir":
         xai_graph.save_ir(result, output, compress_fp16=compress_fp16)
@@ -131,14 +135,16 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
 @click.option("--target-layer", metavar="NAME", help="Check this value or node as the target.")
 @click.option("--head", "heads", multiple=True, metavar="VALUE",
               help="Detectors: class maps, or the class-score output they reach, as for insert (repeatable).")
+@click.option("--scores", metavar="OUTPUT", help="Classifiers: the class-score output, as for insert.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(model, target_layer, heads, as_json):
+def inspect(model, target_layer, heads, scores, as_json):
     """Show MODEL's inputs, outputs, candidate target maps and which algorithms apply."""
-    report = describe(model, target_layer, list(heads) or None)
+    report = describe(model, target_layer, list(heads) or None, scores)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
-    click.echo(f"model   {report.path} ({f'opset {report.opset}' if report.opset else 'OpenVINO IR'})")
+    opset = f"opset {report.opset}" + (f", insert raises it to {MIN_OPSET}" if report.opset < MIN_OPSET else "")
+    click.echo(f"model   {report.path} ({opset if report.opset else 'OpenVINO IR'})")
     for kind, values in (("input ", report.inputs), ("output", report.outputs)):
         for v in values:
             click.echo(f"{kind}  {v['name']} {v['shape']} {v['dtype']}")

@@ -151,7 +151,7 @@ def detector_reference(path: Path, entry: dict, feeds: dict, work: Path) -> np.n
 def _latency(path: Path, feeds: dict, rounds: int = 5) -> float:
     run = open_model(path)
     run(feeds)
-    times = []
+    times = []  # a rough figure: the median of a few runs on a shared machine
     for _ in range(rounds):
         start = time.perf_counter()
         run(feeds)
@@ -215,6 +215,30 @@ def _expected(entry: dict, meta: dict, algo: str, path: Path, feeds: dict, work:
     return cnn_reference(path, meta["xai_graph.target"], meta.get("xai_graph.layout", "NCHW"), algo, feeds, work)
 
 
+def check_entry(entry: dict, cache: Path, work: Path) -> list[Row]:
+    """Every method on one exported model; a missing file or a failure of xai-graph is a row, not an end."""
+    rows = []
+    for algo in ALGOS:
+        row = Row(family=entry["family"], source=entry["source"], name=entry["name"], exporter=entry["exporter"],
+                  method=algo, form="", status="", detail="", ratio="")
+        folder = work / algo
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            if not (cache / entry["file"]).is_file():
+                row = Row(row, status="not exported", detail=f"{entry['file']} is missing")
+            else:
+                row = check(entry, cache, algo, folder)
+        except AssertionError as exc:
+            row = Row(row, status="WRONG", detail=str(exc))
+        except Exception as exc:  # noqa: BLE001  (a crash is a row of the matrix)
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            row = Row(row, status="CRASH", detail=f"{type(exc).__name__}: {first}")
+        print(f"{row['status']:8} {row['name']:55} {algo:22} {row['form']:45} {row['ratio']:5} "
+              f"{row['detail'][:150]}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def run(cache: Path, only: str | None) -> list[Row]:
     manifest = json.loads((cache / "manifest.json").read_text())
     rows = []
@@ -226,22 +250,8 @@ def run(cache: Path, only: str | None) -> list[Row]:
                             exporter="", method="-", form="", status="not exported", detail=entry["export_error"],
                             ratio=""))
             continue
-        for algo in ALGOS:
-            with tempfile.TemporaryDirectory() as work:
-                try:
-                    row = check(entry, cache, algo, Path(work))
-                except AssertionError as exc:
-                    row = Row(family=entry["family"], source=entry["source"], name=entry["name"],
-                              exporter=entry["exporter"], method=algo, form="", status="WRONG", detail=str(exc),
-                              ratio="")
-                except Exception as exc:  # noqa: BLE001  (a crash is a row of the matrix, not the end of it)
-                    row = Row(family=entry["family"], source=entry["source"], name=entry["name"],
-                              exporter=entry["exporter"], method=algo, form="", status="CRASH",
-                              detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
-                              ratio="")
-            print(f"{row['status']:8} {row['name']:55} {algo:22} {row['form']:45} {row['ratio']:5} "
-                  f"{row['detail'][:150]}", flush=True)
-            rows.append(row)
+        with tempfile.TemporaryDirectory() as work:
+            rows += check_entry(entry, cache, Path(work))
     return rows
 
 

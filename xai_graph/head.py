@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from xai_graph import __version__
 from xai_graph.errors import XaiGraphError
-from xai_graph.graph.analysis import estimated_work, known_dim, shape_text
+from xai_graph.graph.analysis import known_dim, shape_text, work_fraction
 from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
 from xai_graph.graph.detection import DetectorHeads, find_class_heads
@@ -189,7 +189,8 @@ class RerunCost:
         return 1.0 + self.fraction * self.positions
 
     def __str__(self) -> str:
-        return (f"re-run {100 * self.fraction:.0f}% of the graph per position ({self.positions} positions), "
+        share = f"{100 * self.fraction:.0f}" if self.fraction >= 0.1 else f"{100 * self.fraction:.1f}"
+        return (f"re-run {share}% of the graph per position ({self.positions} positions), "
                 f"about {self.factor:.1f}x the model's cost")
 
 
@@ -197,13 +198,8 @@ def rerun_cost(model: ir.Model, method: SaliencyMethod, target) -> RerunCost | N
     """The cost of the form `method` takes on `target`, where it re-runs a measurable part of the graph."""
     repeated = method.repeated_nodes(target)
     positions = method.positions(target) if repeated else None
-    if not repeated or positions is None:
-        return None
-    flops, weights, exact = estimated_work(model.graph)
-    part_flops, part_weights, _ = estimated_work(repeated)
-    if exact and flops > 0:
-        return RerunCost(part_flops / flops, positions)
-    return RerunCost(part_weights / weights, positions) if weights > 0 else None
+    fraction = work_fraction(model.graph, repeated) if positions is not None else None
+    return RerunCost(fraction, positions) if fraction is not None else None
 
 
 def _drop_unused_constants(graph: ir.Graph) -> None:

@@ -14,6 +14,7 @@ from xai_graph.graph.io import load_model
 from xai_graph.graph.openvino_ir import Mirror, read_ir
 from xai_graph.graph.targets import find_target
 from xai_graph.graph.transformer import find_transformer
+from xai_graph.head import MAX_COST, rerun_cost
 from xai_graph.methods import MethodOptions, methods_for_task
 
 
@@ -43,7 +44,8 @@ def _describe_value(v: ir.Value) -> dict:
     return {"name": v.name, "shape": shape_text(v), "dtype": v.dtype.name if v.dtype is not None else "?"}
 
 
-def describe(path: str | os.PathLike, target_layer: str | None = None, heads: list[str] | None = None) -> ModelReport:
+def describe(path: str | os.PathLike, target_layer: str | None = None, heads: list[str] | None = None,
+             scores: str | None = None) -> ModelReport:
     model = Mirror(read_ir(path)).ir_model if str(path).endswith(".xml") else load_model(path)
     graph = model.graph
     report = ModelReport(
@@ -53,7 +55,7 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
         outputs=[_describe_value(v) for v in graph.outputs],
         metadata=dict(model.metadata_props),
     )
-    detector = None if target_layer else find_class_heads(model, heads)
+    detector = None if target_layer or scores else find_class_heads(model, heads)
     if detector is not None:
         report.task, report.reason = "detection", detector.reason
         report.scores, report.final_activation = ", ".join(o.name for o in detector.outputs), detector.activation
@@ -66,7 +68,7 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
             report.algorithms[cls.algo] = (f"yes ({detection_methods[cls.algo].title})" if cls.algo in detection_methods
                                            else "not for detectors yet")
         return report
-    block = None if target_layer else find_transformer(model)
+    block = None if target_layer else find_transformer(model, scores)
     if block is not None:
         report.task, report.reason = "transformer", block.reason
         report.scores, report.final_activation = block.scores.name, block.final_activation
@@ -76,11 +78,11 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
             method = transformer_methods.get(cls.algo)
             form = method.form(block) if method else ""
             why = f"; {block.why_cloned}" if form == "cloned block" and block.why_cloned else ""
-            report.algorithms[cls.algo] = (f"yes ({method.title}{', ' + form if form else ''}{why})" if method
-                                           else "not for transformers yet")
+            report.algorithms[cls.algo] = (_verdict(model, method, block, f"{method.title}{', ' + form if form else ''}"
+                                                    f"{why}") if method else "not for transformers yet")
         return report
     try:
-        target = find_target(model, target_layer)
+        target = find_target(model, target_layer, scores_name=scores)
     except XaiGraphError as exc:
         report.reason = str(exc)
         report.algorithms = {cls.algo: "no: no target map" for cls in methods_for_task("classification")}
@@ -96,8 +98,16 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
         try:
             method = cls(MethodOptions())
             method.check(target)
-            form = method.form(target)
-            report.algorithms[cls.algo] = f"yes ({form})" if form else "yes"
+            report.algorithms[cls.algo] = _verdict(model, method, target, method.form(target))
         except XaiGraphError as exc:
             report.algorithms[cls.algo] = f"no: {exc}"
     return report
+
+
+def _verdict(model: ir.Model, method, target, form: str) -> str:
+    """What `insert` would do with this method: its form and cost, or why it asks for --brute-force."""
+    cost = rerun_cost(model, method, target)
+    detail = "; ".join(part for part in (form, str(cost) if cost else "") if part)
+    if cost is not None and cost.factor > MAX_COST:
+        return f"only with --brute-force ({detail})"
+    return f"yes ({detail})" if detail else "yes"

@@ -150,3 +150,12 @@ def estimated_work(nodes: Iterable[ir.Node]) -> tuple[float, float, bool]:
         if node.inputs[1].const_value is not None or node.inputs[1].is_initializer():
             weights += math.prod(dims)
     return flops, weights, exact
+
+
+def work_fraction(graph: ir.Graph, nodes: Iterable[ir.Node]) -> float | None:
+    """The share of the graph's estimated cost that `nodes` carry (by weights where sizes are unknown)."""
+    flops, weights, exact = estimated_work(graph)
+    part_flops, part_weights, _ = estimated_work(nodes)
+    if exact and flops > 0:
+        return part_flops / flops
+    return part_weights / weights if weights > 0 else None

@@ -252,6 +252,11 @@ def _translate(kind: str, attrs: dict, inputs: list[ir.Value]):
         pads = [*attrs.get("pads_begin", []), *attrs.get("pads_end", [])]
         return "AveragePool", inputs, {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
                                        "pads": pads, "count_include_pad": int(not attrs.get("exclude-pad", True))}
+    if kind == "MaxPool" and all(d == 1 for d in attrs.get("dilations", [1])):
+        pads = [*attrs.get("pads_begin", []), *attrs.get("pads_end", [])]
+        same = str(attrs.get("auto_pad", "explicit")).lower().startswith("same")
+        return "MaxPool", inputs, {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
+                                   "pads": pads, **({"auto_pad": "SAME_UPPER"} if same else {})}
     if kind == "VariadicSplit" and (axis := _const(inputs[1])) is not None:
         return "Split", [inputs[0], inputs[2]], {"axis": int(axis)}
     if kind == "Broadcast" and attrs.get("mode") == "bidirectional":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
-from xai_graph.graph.analysis import GraphIndex, constant_array, known_dim, shape_text, spatial_size
+from xai_graph.graph.analysis import GraphIndex, constant_array, known_dim, shape_text, spatial_size, work_fraction
 from xai_graph.graph.layout import Layout, square_grid
 
 _SCORE_ACTIVATIONS = {"Softmax", "Sigmoid", "LogSoftmax"}
@@ -34,6 +34,8 @@ _LAYOUT_KEEPING_OPS = {"Relu", "Clip", "Sigmoid", "Mul", "Add", "Div", "Sub", "H
                        "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Identity", "Dropout", "Pad", "Concat", "Sum",
                        "Max", "Min", "Softplus", "Mish", "Gelu", "Erf"}
 _MAX_CANDIDATES = 8
+# A fallback map (no global pooling) is refused when the tail after it holds more of the network than this.
+_MAX_TAIL_SHARE = 0.5
 
 
 @dataclass
@@ -259,7 +261,13 @@ def find_target(model: ir.Model, target_layer: str | None = None, need_scores: b
         return target(pool.input, f"input of {pool.node.op_type} '{pool.node.name}', the pooling that feeds "
                                   f"'{scores.name}'{where}", pool.layout)
     if candidates:
-        return target(candidates[-1], f"last spatial map before the head of '{scores.name}' (no global pooling)")
+        chosen = target(candidates[-1], f"last spatial map before the head of '{scores.name}' (no global pooling)")
+        share = work_fraction(graph, chosen.tail)
+        if share is not None and share > _MAX_TAIL_SHARE:
+            raise XaiGraphError(f"the last spatial map the scores depend on, '{chosen.value.name}', comes before "
+                                f"{100 * share:.0f}% of the network (a transformer's patch embedding, say): its map "
+                                "would not explain the scores; name a map with --target-layer")
+        return chosen
     raise XaiGraphError(f"'{scores.name}' is fed by no spatial map [B, C, h, w] (CNN) and by no recognised "
                         "transformer block (tokens [B, 1 or 2 + h*w, D] through pre-norm blocks and a final "
                         "layer norm); this is neither a CNN nor a ViT-style classifier: name a map with "
