@@ -280,3 +280,54 @@ def test_fp16_compressed_ir(exported, tmp_path):
         plain = open_model(tmp_path / "f16.xml", "openvino")({"image": images})
         np.testing.assert_array_equal(got["scores"], plain["scores"])
     assert ir_model.get_rt_info(["xai_graph", "xai_graph.method"]).astype(str) == "ActivationMap"
+
+
+class EmbeddingAndLogits(torch.nn.Module):
+    """A classifier that also outputs its embedding, pooled by a global MaxPool (as retrieval models do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.pool = torch.nn.MaxPool2d(16)
+        self.fc = torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        embedding = self.pool(self.features(x)).flatten(1)
+        return embedding, self.fc(embedding)
+
+
+@pytest.mark.parametrize("order", ["embedding first", "logits first"])
+def test_scores_chosen_by_role_in_onnx_and_ir(order, tmp_path):
+    """Two [B, K]-shaped outputs: the logits are chosen by role (the deeper one, a linear layer), whatever the
+    order the ONNX file or OpenVINO lists them in; the IR sees the global MaxPool too, so both give one map."""
+    torch.manual_seed(0)
+    model = EmbeddingAndLogits().eval()
+    names = ["embedding", "logits"]
+    wrapped = model if order == "embedding first" else _Swapped(model)
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(wrapped, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=names if order == "embedding first" else names[::-1],
+                      dynamic_axes={"image": {0: "batch"}})
+    xml = to_ir(path, tmp_path / "two.xml")
+    for source in (path, xml):
+        record = xai_graph.insert(source, "classwisesaliencymap")
+        meta = dict(record.metadata_props) if hasattr(record, "metadata_props") else \
+            {k: record.get_rt_info(["xai_graph", k]).astype(str) for k in ("xai_graph.scores", "xai_graph.target")}
+        assert meta["xai_graph.scores"] == "logits", source
+    images = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    compare_paths(path, xml, tmp_path, images, "classwisesaliencymap")
+    with pytest.raises(xai_graph.XaiGraphError, match="--scores 'nope' is not an output"):
+        xai_graph.insert(path, scores="nope")
+    named = xai_graph.insert(path, "activationmap", scores="embedding")
+    assert named.metadata_props["xai_graph.scores"] == "embedding"
+
+
+class _Swapped(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        embedding, logits = self.model(x)
+        return logits, embedding

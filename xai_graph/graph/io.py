@@ -89,7 +89,7 @@ def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     in both does not depend on the batch, and takes that size.
     """
     try:
-        folded = _fold_small_constants(proto)
+        folded = _fold_small_constants(_skeleton(proto))
         inferred = onnx.shape_inference.infer_shapes(folded, strict_mode=False, data_prop=True)
         _settle_batch_independent_dims(folded, inferred)
     except Exception:
@@ -100,6 +100,23 @@ def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     del result.graph.value_info[:]
     result.graph.value_info.extend(v for v in inferred.graph.value_info if v.name in names)
     return result
+
+
+def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose large tensors keep their type and dims but not their data (marked external): shape
+    inference needs no weights, and serialising 100 MB of them for every inference pass cost seconds."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(proto)
+    for tensor in onnx.external_data_helper._get_all_tensors(skeleton):
+        if onnx.external_data_helper.uses_external_data(tensor) or _elements(tensor.dims) <= _FOLD_LIMIT:
+            continue
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+                      "string_data"):
+            tensor.ClearField(field)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        tensor.external_data.add(key="location", value="skeleton.data")
+    return skeleton
 
 
 def _settle_batch_independent_dims(folded: onnx.ModelProto, inferred: onnx.ModelProto) -> None:

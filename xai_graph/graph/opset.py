@@ -20,6 +20,7 @@ from onnx_ir import external_data as ir_external_data
 from xai_graph.errors import XaiGraphError
 
 MIN_OPSET = 11  # the oldest opset the heads are written for (graph/builder.py covers 11..21)
+_SMALL = 4096  # elements: shape constants and the like stay in the graph the converter sees
 
 
 def with_opset_at_least(model: ir.Model, minimum: int = MIN_OPSET) -> ir.Model:
@@ -27,7 +28,11 @@ def with_opset_at_least(model: ir.Model, minimum: int = MIN_OPSET) -> ir.Model:
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
     if opset >= minimum:
         return model
-    proto = ir.serde.serialize_model(model)
+    # The converter rewrites op versions, never weights: it gets the graph without them (as in shape inference,
+    # serialising 100 MB of weights through it cost most of a second), and they are put back by name.
+    weights = {name: value.const_value for name, value in model.graph.initializers.items()
+               if value.const_value is not None and value.const_value.size > _SMALL}
+    proto = ir.serde.serialize_model(_without(model, weights))
     try:
         converted = onnx.version_converter.convert_version(proto, minimum)
     except Exception as exc:  # the converter raises RuntimeError and ValueError alike
@@ -35,6 +40,8 @@ def with_opset_at_least(model: ir.Model, minimum: int = MIN_OPSET) -> ir.Model:
         raise XaiGraphError(f"the model is at opset {opset}, older than the {minimum} the heads are written for, "
                             f"and onnx's version converter could not raise it ({first})") from None
     result = ir.serde.deserialize_model(converted)
+    for name, tensor in weights.items():
+        result.graph.initializers[name].const_value = tensor
     result.meta.update(model.meta)
     source = model.meta.get("xai_graph.source")
     if source:
@@ -42,6 +49,16 @@ def with_opset_at_least(model: ir.Model, minimum: int = MIN_OPSET) -> ir.Model:
     warnings.warn(f"opset {opset} raised to {minimum} with onnx.version_converter, so that the head's ops exist; "
                   "the original outputs are unchanged", stacklevel=3)
     return result
+
+
+def _without(model: ir.Model, weights: dict) -> ir.Model:
+    """A shallow copy of `model` whose large initializers hold empty placeholders of the same type and shape."""
+    copy = model.clone()
+    for name, tensor in weights.items():
+        placeholder = ir.ExternalTensor("weights.placeholder", offset=0, length=0, dtype=tensor.dtype,
+                                        shape=tensor.shape, name=name)
+        copy.graph.initializers[name].const_value = placeholder
+    return copy
 
 
 def list_initializers_as_inputs(model: ir.Model) -> None:
