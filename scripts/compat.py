@@ -206,11 +206,11 @@ def _expected(entry: dict, meta: dict, algo: str, path: Path, feeds: dict, work:
         return detector_reference(path, entry, feeds, work)
     if meta["xai_graph.task"] == "transformer":
         tokens = meta["xai_graph.target"]
-        if algo == "activationmap":
+        if algo in ("activationmap", "eigencam"):  # on the patch tokens entering the last block, as a grid
             probe = reference.with_outputs(path, [tokens], work / "probe.onnx")
             x = open_model(probe)(feeds)[tokens][:, entry["extra_tokens"]:]
-            h, w = entry["grid"]
-            return x.astype(np.float64).mean(axis=2).reshape(-1, h, w)
+            f = x.transpose(0, 2, 1).reshape(x.shape[0], x.shape[2], *entry["grid"])
+            return reference.activation_map(f) if algo == "activationmap" else reference.eigencam(f)
         return vit_reference(path, tokens, entry["extra_tokens"], entry["grid"], feeds, work)
     return cnn_reference(path, meta["xai_graph.target"], meta.get("xai_graph.layout", "NCHW"), algo, feeds, work)
 

@@ -15,7 +15,11 @@ from collections.abc import Sequence
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
-from xai_graph.graph.analysis import GraphIndex
+from xai_graph.graph.analysis import GraphIndex, constant_array
+
+# Ops that compute indices and sizes from shapes (Shape -> ... -> Range / Gather indices).
+_SHAPE_ARITHMETIC = {"Shape", "Size", "Gather", "Range", "Add", "Sub", "Mul", "Div", "Unsqueeze", "Squeeze", "Concat",
+                     "Cast", "Slice", "ConstantOfShape", "Expand", "Reshape"}
 from xai_graph.graph.builder import GraphBuilder
 
 
@@ -29,14 +33,36 @@ def clone_tail(builder: GraphBuilder, tail: Sequence[ir.Node], start: ir.Value,
     """
     also = also or {}
     tail = [n for n in tail if not all(v in also for v in n.outputs)]
-    foreign = [v for v in GraphIndex(builder.graph).foreign_inputs(start, tail) if v not in also]
+    index = GraphIndex(builder.graph)
+    foreign = [v for v in index.foreign_inputs(start, tail) if v not in also]
     reshapes_only = all(all(use.node.op_type == "Reshape" and use.idx == 1 for use in v.uses()
                             if use.node in tail) for v in foreign)
     if foreign and not reshapes_only:
         names = ", ".join(v.name for v in foreign)
         raise XaiGraphError(f"the head after '{start.name}' also reads {names}; it cannot be cloned alone")
+    shaped = [v for v in _shape_derived_inputs(tail) if v not in index.data_dependent and v not in also]
+    if shaped:
+        raise XaiGraphError(f"the head after '{start.name}' reads '{shaped[0].name}', computed from the input's "
+                            "shape (as torch's dynamo exporter writes as_strided); it cannot run at another batch: "
+                            "export with dynamo=False, or use --algo activationmap or eigencam")
     mapping = clone_nodes(builder, tail, {start: new_start, **also}, batch_free=True)
     return mapping[end]
+
+
+def _shape_derived_inputs(tail: Sequence[ir.Node]) -> list[ir.Value]:
+    """Values computed outside `tail` from shapes (not constants, not data) that its nodes read other than as a
+    Reshape's target shape (which the clone frees): they may hold the original batch size."""
+    produced = {v for node in tail for v in node.outputs}
+    found = []
+    for node in tail:
+        for i, v in enumerate(node.inputs):
+            if v is None or v in produced or v.producer() is None or constant_array(v) is not None:
+                continue
+            if node.op_type == "Reshape" and i == 1:
+                continue
+            if v.producer().op_type in _SHAPE_ARITHMETIC and v not in found:
+                found.append(v)
+    return found
 
 
 def clone_nodes(builder: GraphBuilder, nodes: Sequence[ir.Node], mapping: dict[ir.Value, ir.Value],

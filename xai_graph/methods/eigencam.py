@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from xai_graph.graph.builder import GraphBuilder
+from xai_graph.graph.builder import GraphBuilder, static_dim
 from xai_graph.graph.targets import Target
+from xai_graph.graph.transformer import TransformerBlock
 from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
 
 SQUARINGS = 10  # G^(2^10): error ~ (l2/l1)^1024, below float32 noise unless l2 ~ l1
@@ -31,26 +32,45 @@ class EigenCAM(SaliencyMethod):
 
     def build(self, b: GraphBuilder, target: Target) -> Saliency:
         f, layout = target.value, target.layout
-        channels, (h, w) = layout.channels(f), layout.static_grid(f)
-        positions = h * w if h is not None and w is not None else None
-
+        h, w = layout.static_grid(f)
         features = layout.by_position(b, f)  # [B, hw, C]
-        x = b.op("Sub", features, b.reduce("ReduceMean", features, [1], keepdims=True))  # centred over positions
-        xt = b.op("Transpose", x, perm=[0, 2, 1])  # [B, C, hw]
-        # The smaller Gram matrix; a dynamic map size falls back to C x C, whose cost is bounded.
-        use_positions = positions is not None and channels is not None and positions <= channels
-        gram = b.op("MatMul", x, xt) if use_positions else b.op("MatMul", xt, x)
-        size = positions if use_positions else (channels if channels is not None else b.dim(f, layout.channel_axis))
-        projector = _dominant_projector(b, gram)
-        vector = _projector_column(b, projector, size)  # [B, n, 1]
-        if use_positions:
-            vector = b.op("MatMul", xt, vector)  # left -> right singular vector, [B, C, 1]
-        norm = b.reduce("ReduceL2", vector, [1, 2], keepdims=True)
-        vector = b.op("Div", vector, b.op("Add", norm, b.scalar(_TINY)))
-        s = b.op("MatMul", x, vector)  # [B, hw, 1]
-        activation = b.reduce("ReduceMean", features, [2], keepdims=True)  # mean over C, [B, hw, 1]
-        s = b.op("Mul", s, _sign_like(b, activation, s))
+        s = principal_projection(b, features, h * w if h and w else None, layout.channels(f))
         return Saliency(b.reshape(s, -1, *layout.sides(b, f)))
+
+
+@register_method
+class ViTEigenCAM(EigenCAM):
+    """For transformers: the patch tokens entering the last block, as an h x w grid of D-vectors."""
+
+    task = "transformer"
+
+    def output_dims(self, target: TransformerBlock) -> list:
+        return [target.tokens.shape[0], *target.grid]
+
+    def build(self, b: GraphBuilder, target: TransformerBlock) -> Saliency:
+        h, w = target.grid
+        patches = b.op("Slice", target.tokens, b.ints([target.extra_tokens]), b.ints([2**62]), b.ints([1]))
+        dims = static_dim(target.tokens, 2)
+        return Saliency(b.reshape(principal_projection(b, patches, h * w, dims), -1, h, w))
+
+
+def principal_projection(b: GraphBuilder, features: ir.Value, positions: int | None, channels: int | None):
+    """[B, hw, C] -> [B, hw, 1]: the rows, centred, projected on their first principal component."""
+    x = b.op("Sub", features, b.reduce("ReduceMean", features, [1], keepdims=True))  # centred over positions
+    xt = b.op("Transpose", x, perm=[0, 2, 1])  # [B, C, hw]
+    # The smaller Gram matrix; a dynamic map size falls back to C x C, whose cost is bounded.
+    use_positions = positions is not None and channels is not None and positions <= channels
+    gram = b.op("MatMul", x, xt) if use_positions else b.op("MatMul", xt, x)
+    size = positions if use_positions else (channels if channels is not None else b.dim(features, 2))
+    projector = _dominant_projector(b, gram)
+    vector = _projector_column(b, projector, size)  # [B, n, 1]
+    if use_positions:
+        vector = b.op("MatMul", xt, vector)  # left -> right singular vector, [B, C, 1]
+    norm = b.reduce("ReduceL2", vector, [1, 2], keepdims=True)
+    vector = b.op("Div", vector, b.op("Add", norm, b.scalar(_TINY)))
+    s = b.op("MatMul", x, vector)  # [B, hw, 1]
+    activation = b.reduce("ReduceMean", features, [2], keepdims=True)  # mean over C, [B, hw, 1]
+    return b.op("Mul", s, _sign_like(b, activation, s))
 
 
 def _normalised(b: GraphBuilder, m: ir.Value) -> ir.Value:
