@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -99,7 +101,8 @@ def test_inspect_names_the_block_not_the_patch_embedding(tmp_path):
     result = xai_graph_cli("inspect", path)
     assert result.returncode == 0, result.stderr
     assert "task    transformer" in result.stdout and "4x4 patches" in result.stdout
-    assert "classwisesaliencymap: yes (ViT Recipro-CAM, class-token attention)" in result.stdout
+    assert re.search(r"classwisesaliencymap: yes \(ViT Recipro-CAM, class-token attention; re-run [\d.]+% of the "
+                     r"graph per position \(16 positions\), about 1\.\dx the model's cost\)", result.stdout)
 
 
 def test_model_neither_cnn_nor_transformer_is_named_so(tmp_path):

@@ -15,11 +15,7 @@ from collections.abc import Sequence
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
-from xai_graph.graph.analysis import GraphIndex, constant_array
-
-# Ops that compute indices and sizes from shapes (Shape -> ... -> Range / Gather indices).
-_SHAPE_ARITHMETIC = {"Shape", "Size", "Gather", "Range", "Add", "Sub", "Mul", "Div", "Unsqueeze", "Squeeze", "Concat",
-                     "Cast", "Slice", "ConstantOfShape", "Expand", "Reshape"}
+from xai_graph.graph.analysis import GraphIndex
 from xai_graph.graph.builder import GraphBuilder
 
 
@@ -50,19 +46,30 @@ def clone_tail(builder: GraphBuilder, tail: Sequence[ir.Node], start: ir.Value,
 
 
 def _shape_derived_inputs(tail: Sequence[ir.Node]) -> list[ir.Value]:
-    """Values computed outside `tail` from shapes (not constants, not data) that its nodes read other than as a
-    Reshape's target shape (which the clone frees): they may hold the original batch size."""
+    """Values computed outside `tail` from a Shape or Size that its nodes read other than as a Reshape's target
+    shape (which the clone frees): they may hold the original batch size."""
     produced = {v for node in tail for v in node.outputs}
     found = []
     for node in tail:
         for i, v in enumerate(node.inputs):
-            if v is None or v in produced or v.producer() is None or constant_array(v) is not None:
+            if v is None or v in produced or (node.op_type == "Reshape" and i == 1):
                 continue
-            if node.op_type == "Reshape" and i == 1:
-                continue
-            if v.producer().op_type in _SHAPE_ARITHMETIC and v not in found:
+            if v not in found and _computed_from_a_shape(v):
                 found.append(v)
     return found
+
+
+def _computed_from_a_shape(value: ir.Value) -> bool:
+    stack, seen = [value], set()
+    while stack:
+        node = stack.pop().producer()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node.op_type in ("Shape", "Size"):
+            return True
+        stack.extend(v for v in node.inputs if v is not None)
+    return False
 
 
 def clone_nodes(builder: GraphBuilder, nodes: Sequence[ir.Node], mapping: dict[ir.Value, ir.Value],
