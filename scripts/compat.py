@@ -110,16 +110,19 @@ def vit_reference(path: Path, tokens: str, extra: int, grid: list[int], feeds: d
     x, normalised = values[tokens], values[norm.output[0]]
     full = work / "block.full.onnx"
     onnx.save(proto, str(full))
-    onnx.utils.extract_model(str(full), str(work / "block.onnx"), [tokens, norm.output[0]], [logits],
+    # The graph inputs go in too: dynamo's exports read the batch size from the image inside the block.
+    onnx.utils.extract_model(str(full), str(work / "block.onnx"), [tokens, norm.output[0], *feeds], [logits],
                              check_model=False)
     session = ort.InferenceSession(str(work / "block.onnx"), providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
     h, w = grid
     masks = np.ones((h * w, extra + h * w), np.float32)
     masks[:, extra:] = reference.position_masks(h, w, "gaussian").reshape(h * w, -1)
     maps = []
     for i in range(x.shape[0]):
+        image = {name: value[i:i + 1] for name, value in feeds.items() if name in wanted}
         scores = [session.run([logits], {tokens: x[i:i + 1] * m[None, :, None],
-                                         norm.output[0]: normalised[i:i + 1] * m[None, :, None]})[0][0]
+                                         norm.output[0]: normalised[i:i + 1] * m[None, :, None], **image})[0][0]
                   for m in masks]
         maps.append(np.asarray(scores, np.float64).T.reshape(-1, h, w))
     return np.stack(maps)
@@ -174,6 +177,7 @@ def check(entry: dict, cache: Path, algo: str, work: Path) -> Row:
     row["form"] = meta["xai_graph.method"]
     name, shape = next(iter(entry["inputs"].items()))
     batches = (1, 3) if entry.get("batch_dynamic") else (1,)
+    notes = set()
     for batch in batches:
         feeds = {name: _image(shape, batch)}
         expected = _expected(entry, meta, algo, path, feeds, work)
@@ -183,8 +187,11 @@ def check(entry: dict, cache: Path, algo: str, work: Path) -> Row:
             got_raw = open_model(raw, runtime, **options)(feeds)
             got_u8 = open_model(u8, runtime, **options)(feeds)
             reference.assert_close_raw(got_raw["saliency_map"], expected, f"{algo} raw in {runtime}")
-            reference.assert_within_lsb(got_u8["saliency_map"], reference.to_uint8(expected, CLASS_WISE[algo]),
-                                        f"{algo} uint8 in {runtime}", expected)
+            if _flat(expected):
+                notes.add("a flat map (its whole span is below the raw tolerance): uint8 not compared")
+            else:
+                reference.assert_within_lsb(got_u8["saliency_map"], reference.to_uint8(expected, CLASS_WISE[algo]),
+                                            f"{algo} uint8 in {runtime}", expected)
             if runtime == "onnxruntime":
                 for output, value in before.items():
                     assert np.array_equal(got_u8[output], value), f"original output {output} changed"
@@ -194,7 +201,14 @@ def check(entry: dict, cache: Path, algo: str, work: Path) -> Row:
         assert list(expected.shape[-2:]) == list(grid), f"map grid {expected.shape[-2:]} != the model's {grid}"
     feeds = {name: _image(shape, 1)}
     row["ratio"] = f"{_latency(u8, feeds) / _latency(path, feeds):.2f}"
-    return Row(row, status="equal", detail=f"batch {', '.join(map(str, batches))}")
+    return Row(row, status="equal", detail="; ".join([f"batch {', '.join(map(str, batches))}", *sorted(notes)]))
+
+
+def _flat(expected: np.ndarray) -> bool:
+    """Random weights can leave a map without signal (LeViT's last tokens nearly equal at every position): its
+    uint8 scaling then only magnifies float rounding, in any runtime."""
+    span = expected.max(axis=(-2, -1)) - expected.min(axis=(-2, -1))
+    return bool(span.min() < 1e-5 * max(1.0, float(np.abs(expected).max())))
 
 
 def _expected(entry: dict, meta: dict, algo: str, path: Path, feeds: dict, work: Path) -> np.ndarray:

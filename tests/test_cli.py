@@ -81,7 +81,8 @@ def test_inspect_reports_target_and_algorithms(workdir):
     assert "pooling that feeds 'scores'" in result.stdout
     for algo in ("activationmap", "eigencam"):
         assert f"algo    {algo}: yes\n" in result.stdout
-    assert "algo    classwisesaliencymap: yes (fused)" in result.stdout
+    assert "algo    classwisesaliencymap: yes (fused; re-run <0.1% of the graph per position (64 positions), " \
+           "about 1.0x the model's cost)" in result.stdout
 
 
 def test_insert_top_k_and_brute_force_options(workdir):

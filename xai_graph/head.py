@@ -189,7 +189,8 @@ class RerunCost:
         return 1.0 + self.fraction * self.positions
 
     def __str__(self) -> str:
-        share = f"{100 * self.fraction:.0f}" if self.fraction >= 0.1 else f"{100 * self.fraction:.1f}"
+        share = (f"{100 * self.fraction:.0f}" if self.fraction >= 0.1 else f"{100 * self.fraction:.1f}"
+                 if self.fraction >= 0.001 else "<0.1")
         return (f"re-run {share}% of the graph per position ({self.positions} positions), "
                 f"about {self.factor:.1f}x the model's cost")
 
@@ -229,6 +230,7 @@ def _detection_metadata(heads: DetectorHeads, method: SaliencyMethod) -> dict[st
         "xai_graph.target": ",".join(v.name for v in explained),
         "xai_graph.num_anchors": ",".join(str(level.anchors) for level in heads.levels),
         "xai_graph.num_classes": str(heads.num_classes),
+        "xai_graph.class_layout": "; ".join(level.layout for level in heads.levels),  # e.g. YOLOv5 anchor blocks
         "xai_graph.scores": ",".join(o.name for o in heads.outputs),
         "xai_graph.scores_activation": heads.activation or "none",
     }

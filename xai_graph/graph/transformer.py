@@ -208,10 +208,14 @@ def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Val
         data = [v for v in node.inputs if v in index.data_dependent]
         if len(node.inputs) != 2 or len(data) != 1:
             return None, f"'{node.name}' before the attention Softmax is not a scaling by a constant"
+        other = _other_input(node, data[0])
+        rows = known_dim(other.shape[-2]) if other.shape is not None and len(other.shape) >= 2 else 1
+        if other.shape is None or rows not in (1, tokens):  # a [.., T, T] mask is sliced to the extra tokens' rows
+            return None, f"'{node.name}' before the attention Softmax adds or scales by a tensor of unknown shape"
         logit_nodes.insert(0, node)
         value = data[0]
     matmul = value.producer()
-    probabilities = _through_float_casts(softmax.outputs[0])
+    probabilities = _past_identities(softmax.outputs[0])
     users = probabilities.consumers()
     if matmul is None or matmul.op_type != "MatMul" or len(users) != 1 or users[0].op_type != "MatMul" \
             or users[0].inputs[0] is not probabilities:
@@ -231,11 +235,23 @@ def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Val
     return _checked(index, block, Attention(query, keys, values, output, logit_nodes, [], []))
 
 
-def _through_float_casts(value: ir.Value) -> ir.Value:
-    """Past Cast-to-float32 nodes (transformers' eager attention casts the probabilities to the query's type)."""
-    while len(value.consumers()) == 1 and (node := value.consumers()[0]).op_type == "Cast" \
-            and node.attributes.get_int("to", 0) == ir.DataType.FLOAT and value.dtype in (ir.DataType.FLOAT, None):
-        value = node.outputs[0]
+def _past_identities(value: ir.Value) -> ir.Value:
+    """Past what leaves attention probabilities as they are: Cast to float32 (transformers' eager attention
+    casts them to the query's type) and dynamo's NaN guard `Where(IsNaN(p), 0, p)` (a NaN needs a fully
+    masked row, which a classifier's attention has not)."""
+    while len(value.consumers()) >= 1:
+        users = value.consumers()
+        if len(users) == 1 and users[0].op_type == "Cast" and users[0].attributes.get_int("to", 0) == ir.DataType.FLOAT \
+                and value.dtype in (ir.DataType.FLOAT, None):
+            value = users[0].outputs[0]
+            continue
+        guard = [u for u in users if u.op_type == "Where"]
+        checks = [u for u in users if u.op_type == "IsNaN"]
+        if len(users) == 2 and len(guard) == 1 and len(checks) == 1 and guard[0].inputs[0] is checks[0].outputs[0] \
+                and guard[0].inputs[2] is value:
+            value = guard[0].outputs[0]
+            continue
+        break
     return value
 
 

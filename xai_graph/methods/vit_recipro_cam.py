@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
+from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.tail import clone_nodes, clone_tail
 from xai_graph.graph.transformer import Attention, TransformerBlock
@@ -132,9 +133,17 @@ def class_token_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndarr
     zeroed = projections_of_zero(b, att, block.normalised)  # a masked-out token's K and V: the biases
     query = b.op("Slice", att.query, b.ints([0]), b.ints([extra]), b.ints([rank - 2]))  # [L..., E, d]
 
+    # f's other operands (a scale, or a mask over [query, key] pairs, which dynamo's exports compute in the
+    # graph) are cut to the extra tokens' query rows.
+    chain = {v for node in att.logit_nodes for v in node.outputs}
+    rows_of_f = {v: b.op("Slice", v, b.ints([0]), b.ints([extra]), b.ints([-2]))
+                 for node in att.logit_nodes[1:] for v in node.inputs
+                 if v not in chain and v.shape is not None and len(v.shape) >= 2 and known_dim(v.shape[-2]) == tokens}
+
     def attention_logits(keys: ir.Value) -> ir.Value:  # f(Q_extra @ keys), [L..., 1, E, T]
         if att.logit_nodes:
-            logits = clone_nodes(b, att.logit_nodes, {att.query: query, att.keys: keys})[att.logit_nodes[-1].outputs[0]]
+            mapping = {att.query: query, att.keys: keys, **rows_of_f}
+            logits = clone_nodes(b, att.logit_nodes, mapping)[att.logit_nodes[-1].outputs[0]]
         else:  # fused attention: keys are [L..., T, d]
             swap = [*range(rank - 2), rank - 1, rank - 2]
             scale = att.scale if isinstance(att.scale, ir.Value) else b.scalar(att.scale)
