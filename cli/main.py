@@ -157,7 +157,7 @@ def inspect(model, target_layer, heads, scores, as_json):
     for p in report.pools:
         click.echo(f"pool    {p['op']} '{p['node']}' on {p['input']} {p['shape']}: {p['role']}")
     for level in report.detector_levels:
-        click.echo(f"level   {level['value']} {level['shape']}: {level['anchors']} anchor(s) x {level['classes']} classes")
+        click.echo(f"level   {level['value']} {level['shape']}: {level['layout']}")
     for c in report.candidates:
         mark = "*" if c["name"] == report.target else " "
         click.echo(f"map   {mark} {c['name']} {c['shape']}")

@@ -8,11 +8,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import reference
 import torch
 from torch import nn
 
-import reference
 import xai_graph
+from xai_graph.errors import XaiGraphError
+from xai_graph.graph.analysis import spatial_size
 from xai_graph.graph.detection import find_class_heads
 from xai_graph.graph.io import load_model
 from xai_graph.runtime import open_model
@@ -95,11 +97,10 @@ class YOLOv8Like(nn.Module):
 class YOLOXLike(nn.Module):
     """Per level: box, objectness and class maps concatenated; output [B, N, 5 + K]."""
 
-    classes = 3
-
-    def __init__(self):
+    def __init__(self, classes: int = 3):
         super().__init__()
         torch.manual_seed(3)
+        self.classes = classes
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU())
         self.down = nn.ModuleList([nn.Conv2d(8, 8, 3, 2, 1) for _ in range(3)])
         self.reg = nn.ModuleList([nn.Conv2d(8, 4, 1) for _ in range(3)])
@@ -133,19 +134,20 @@ def det_class_probability_map(levels: list[np.ndarray], anchors: list[int], k: i
 
 def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int, expect_anchors: list[int],
                     expect_k: int, score: str = "softmax", background: slice = slice(None),
-                    num_classes: int | None = None) -> None:
-    heads = find_class_heads(load_model(path), num_classes=num_classes)
+                    blocks: tuple[int, int] | None = None, **options) -> None:
+    """Maps against numpy in both runtimes. `blocks` = (P, o): the test's own reading of every level's channels
+    as A blocks of P with the classes at o (YOLOv5); without it, the class channels the finder chose."""
+    heads = find_class_heads(load_model(path), **options)
     assert heads is not None and len(heads.levels) == expect_levels, heads and heads.reason
     assert [lv.anchors for lv in heads.levels] == expect_anchors and heads.num_classes == expect_k
     names = [lv.value.name for lv in heads.levels]
     probe = reference.with_outputs(path, names, tmp_path / "probe.onnx")
-    levels = [open_model(probe)(feeds)[n] for n in names]
-    levels = [x[:, slice(*lv.channels)] if lv.channels else x for x, lv in zip(levels, heads.levels)]
+    probed = open_model(probe)(feeds)
+    levels = [_class_logits(probed[n], lv, expect_k, blocks) for n, lv in zip(names, heads.levels)]
     size = levels[len(levels) // 2].shape[2:]
     expected = det_class_probability_map(levels, expect_anchors, expect_k, size, score)[:, background]
-    raw = xai_graph.save_model(xai_graph.insert(path, raw=True, det_score=score, num_classes=num_classes),
-                               tmp_path / "raw.onnx")
-    u8 = xai_graph.save_model(xai_graph.insert(path, det_score=score, num_classes=num_classes), tmp_path / "u8.onnx")
+    raw = xai_graph.save_model(xai_graph.insert(path, raw=True, det_score=score, **options), tmp_path / "raw.onnx")
+    u8 = xai_graph.save_model(xai_graph.insert(path, det_score=score, **options), tmp_path / "u8.onnx")
     original = open_model(path)(feeds)
     expected_best = _best_class_scores(levels, expect_anchors, expect_k, heads.activation)[:, background]
     for runtime in ("onnxruntime", "openvino"):
@@ -163,11 +165,19 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
     probe = reference.with_outputs(path, [heads.neck.name], tmp_path / "neck.onnx")
     neck = open_model(probe)(feeds)[heads.neck.name]
     assert neck.shape[2:] == levels[len(levels) // 2].shape[2:]
-    am = xai_graph.save_model(xai_graph.insert(path, "activationmap", raw=True, num_classes=num_classes),
-                              tmp_path / "am.onnx")
+    am = xai_graph.save_model(xai_graph.insert(path, "activationmap", raw=True, **options), tmp_path / "am.onnx")
     for runtime in ("onnxruntime", "openvino"):
         reference.assert_close_raw(open_model(am, runtime)(feeds)["saliency_map"], reference.activation_map(neck),
                                    f"detector activationmap in {runtime}")
+
+
+def _class_logits(x: np.ndarray, level, k: int, blocks: tuple[int, int] | None) -> np.ndarray:
+    """[B, A*K, h, w] class logits of one probed level."""
+    if blocks is None:
+        return x[:, slice(*level.channels)] if level.channels else x
+    per_anchor, offset = blocks
+    b, _, h, w = x.shape
+    return x.reshape(b, -1, per_anchor, h, w)[:, :, offset:offset + k].reshape(b, -1, h, w)
 
 
 def _export(model: nn.Module, x: torch.Tensor, path: Path, outputs: list[str], dynamo: bool) -> None:
@@ -244,7 +254,7 @@ def test_ssd_like_softmax_head_drops_the_background(dynamo, tmp_path):
     heads = find_class_heads(load_model(path))
     assert heads.activation == "Softmax"
     first = xai_graph.insert(path, raw=True, background="first")
-    assert [d for d in first.graph.outputs if d.name == "saliency_map"][0].shape[1] == 3
+    assert next(d for d in first.graph.outputs if d.name == "saliency_map").shape[1] == 3
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
@@ -414,7 +424,7 @@ def test_explain_draws_final_detections(tmp_path):
     first = got[0]
     overlay_file = next(f for f in record["files"] if f.endswith("_overlay.png") and f"_{first['label']}_" in f)
     drawn = cv2.imread(str(out / overlay_file))
-    x1, y1, x2, y2 = (int(round(v)) for v in first["box"])
+    x1, y1, x2, y2 = (round(v) for v in first["box"])
     border = np.concatenate([drawn[y1, x1:x2 + 1], drawn[y2, x1:x2 + 1], drawn[y1:y2 + 1, x1], drawn[y1:y2 + 1, x2]])
     assert (border == 255).all(axis=1).mean() > 0.5, "the box outline is drawn in white"
 
@@ -465,3 +475,164 @@ def test_class_maps_behind_final_detections_are_found(tmp_path):
     unhinted = find_class_heads(load_model(path))
     assert (unhinted.num_classes, [lv.anchors for lv in unhinted.levels]) == (12, [1, 1, 1])
     _check_detector(path, feeds, tmp_path, 3, [3, 3, 3], 4, num_classes=4)
+
+
+# -- real detector layouts: YOLOv5 anchor blocks, single-class YOLOX, per-level output maps, free input sizes ----
+
+
+class YOLOv5Like(nn.Module):
+    """yolov5 7.0's Detect as exported: per level one conv with A * (5 + K) channels viewed [B, A, 5 + K, h, w],
+    permuted to [B, A, h, w, 5 + K], one sigmoid, split into (xy, wh, objectness + classes), box decoded on a
+    grid made from the map's shape, concatenated and viewed [B, A*h*w, 5 + K]."""
+
+    anchors = 3
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        torch.manual_seed(4)
+        self.classes, self.no = classes, classes + 5
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU())
+        self.down = nn.ModuleList([nn.Conv2d(8, 8, 3, 2, 1) for _ in range(3)])
+        self.m = nn.ModuleList([nn.Conv2d(8, self.anchors * self.no, 1) for _ in range(3)])
+        self.register_buffer("anchor_wh", torch.rand(3, 1, self.anchors, 1, 1, 2) * 8 + 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        z = []
+        for i, (down, conv) in enumerate(zip(self.down, self.m)):
+            x = nn.functional.silu(down(x))
+            p = conv(x)
+            bs, _, ny, nx = p.shape
+            p = p.view(bs, self.anchors, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            yv, xv = torch.meshgrid(torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32),
+                                    indexing="ij")
+            grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2) - 0.5
+            xy, wh, conf = p.sigmoid().split((2, 2, self.classes + 1), 4)
+            xy = (xy * 2 + grid) * 2 ** (i + 2)
+            wh = (wh * 2) ** 2 * self.anchor_wh[i]
+            z.append(torch.cat((xy, wh, conf), 4).view(bs, -1, self.no))
+        return torch.cat(z, 1)
+
+
+class PerLevelMaps(RetinaNetLike):
+    """RetinaNet / EfficientDet export whose outputs are the per-level maps: class [B, A*K, h, w] and box
+    [B, 4A, h, w], no score activation in the graph."""
+
+    def __init__(self, anchors: int = 9, classes: int = 5):
+        self.anchors, self.classes = anchors, classes
+        super().__init__()
+
+    def forward(self, x):
+        x = self.stem(x)
+        scores, boxes = [], []
+        for down in self.down:
+            x = torch.relu(down(x))
+            scores.append(self.cls(x))
+            boxes.append(self.box(x))
+        return (*scores, *boxes)
+
+
+def _export_free_size(model: nn.Module, x: torch.Tensor, path: Path, outputs: list[str]) -> None:
+    """Ultralytics `dynamic=True` style: batch, height and width symbolic (legacy exporter)."""
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                      output_names=outputs, dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}})
+
+
+def _batch_one_is_batch_three(path: Path, feeds: dict, tmp_path: Path) -> None:
+    session = open_model(xai_graph.save_model(xai_graph.insert(path), tmp_path / "batch.onnx"))
+    together = session(feeds)["saliency_map"]
+    alone = session({"image": feeds["image"][1:2]})["saliency_map"]
+    assert np.abs(alone[0].astype(int) - together[1].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+@pytest.mark.parametrize("classes", [3, 1])
+def test_yolov5_anchor_blocks_read_classes_only(classes, dynamo, tmp_path):
+    """Blocks of [x, y, w, h, objectness, K classes] per anchor: only channels 5.. of each block are classes
+    (for K = 1 the map is channel 5, not objectness at 4)."""
+    path = tmp_path / "yolov5.onnx"
+    _export(YOLOv5Like(classes).eval(), torch.randn(2, 3, 64, 64), path, ["output0"], dynamo)
+    feeds = {"image": np.random.default_rng(4).standard_normal((3, 3, 64, 64)).astype(np.float32)}
+    heads = find_class_heads(load_model(path))
+    assert [(lv.per_anchor, lv.class_offset) for lv in heads.levels] == [(5 + classes, 5)] * 3
+    noun = "classes" if classes > 1 else "class"
+    assert heads.levels[0].layout == f"3 anchors x (4 box + 1 objectness + {classes} {noun})"
+    _check_detector(path, feeds, tmp_path, 3, [3, 3, 3], classes, blocks=(5 + classes, 5))
+    _batch_one_is_batch_three(path, feeds, tmp_path)
+    recorded = xai_graph.insert(path).metadata_props["xai_graph.class_layout"]
+    assert recorded == "; ".join([heads.levels[0].layout] * 3)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_single_class_yolox_sets_objectness_aside(dynamo, tmp_path):
+    """[box 4, objectness 1, classes 1] per level: only the place in the concat tells the two 1-channel maps apart."""
+    path = tmp_path / "yolox1.onnx"
+    _export(YOLOXLike(classes=1).eval(), torch.randn(2, 3, 64, 64), path, ["detections"], dynamo)
+    feeds = {"image": np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)}
+    heads = find_class_heads(load_model(path))
+    assert all(_reads_module(lv.value, "cls") for lv in heads.levels), [lv.value.name for lv in heads.levels]
+    assert "objectness" in heads.levels[0].layout
+    _check_detector(path, feeds, tmp_path, 3, [1, 1, 1], 1)
+
+
+def _reads_module(value, module: str) -> bool:
+    """Whether the conv producing `value` has `module`'s weights (torch names them after the module)."""
+    return any(v is not None and v.name.startswith(f"{module}.") for v in value.producer().inputs)
+
+
+def test_one_channel_maps_that_nothing_tells_apart_are_refused(tmp_path):
+    class Separate(YOLOXLike):  # objectness and the single class as two outputs: no place in a concat
+        def forward(self, x):
+            x = self.stem(x)
+            obj, cls = [], []
+            for down, o, c in zip(self.down, self.obj, self.cls):
+                x = nn.functional.silu(down(x))
+                obj.append(o(x).sigmoid().flatten(2))
+                cls.append(c(x).sigmoid().flatten(2))
+            return torch.cat(obj, 2).permute(0, 2, 1), torch.cat(cls, 2).permute(0, 2, 1)
+
+    path = tmp_path / "separate.onnx"
+    _export(Separate(classes=1).eval(), torch.randn(1, 3, 64, 64), path, ["objectness", "scores"], False)
+    with pytest.raises(XaiGraphError, match="cannot tell objectness from the class map"):
+        find_class_heads(load_model(path))
+
+
+def test_per_level_output_maps_take_anchors_from_the_box_maps(tmp_path):
+    """class [B, 9*5, h, w] beside box [B, 4*9, h, w] per level: A = 9 from the box map, K = 45 / 9."""
+    names = [f"cls_{i}" for i in range(3)] + [f"box_{i}" for i in range(3)]
+    path = tmp_path / "maps.onnx"
+    _export(PerLevelMaps().eval(), torch.randn(2, 3, 128, 128), path, names, False)
+    feeds = {"image": np.random.default_rng(6).standard_normal((3, 3, 128, 128)).astype(np.float32)}
+    heads = find_class_heads(load_model(path))
+    assert [lv.value.name for lv in heads.levels] == names[:3] and heads.activation is None
+    assert heads.levels[0].layout == "9 anchors x 5 classes; box map 'box_0' has 4 x 9 channels"
+    _check_detector(path, feeds, tmp_path, 3, [9, 9, 9], 5)
+    _check_detector(path, feeds, tmp_path, 3, [9, 9, 9], 5, heads=names[:3])  # named: the same reading
+    _batch_one_is_batch_three(path, feeds, tmp_path)
+
+
+def test_per_level_maps_of_equal_width_are_refused_unless_named(tmp_path):
+    """A = 9, K = 4: class and box maps both have 36 channels; naming the class maps settles it."""
+    names = [f"cls_{i}" for i in range(3)] + [f"box_{i}" for i in range(3)]
+    path = tmp_path / "maps.onnx"
+    _export(PerLevelMaps(classes=4).eval(), torch.randn(1, 3, 128, 128), path, names, False)
+    with pytest.raises(XaiGraphError, match="cannot tell the class maps from the box maps"):
+        find_class_heads(load_model(path))
+    feeds = {"image": np.random.default_rng(7).standard_normal((1, 3, 128, 128)).astype(np.float32)}
+    _check_detector(path, feeds, tmp_path, 3, [9, 9, 9], 4, heads=names[:3])
+
+
+@pytest.mark.parametrize("family", ["yolov8", "yolov5"])
+def test_free_input_size_exports(family, tmp_path):
+    """Batch, height and width symbolic, anchor grids computed from shapes in the graph: the levels are told
+    apart on a static twin, the head reads the sizes at run time (checked at a size other than the export's)."""
+    model, blocks = (YOLOv8Like(), None) if family == "yolov8" else (YOLOv5Like(), (8, 5))
+    path = tmp_path / f"{family}_free.onnx"
+    _export_free_size(model.eval(), torch.randn(1, 3, 64, 64), path, ["detections"])
+    assert spatial_size(load_model(path).graph.inputs[0]) == (None, None)
+    feeds = {"image": np.random.default_rng(8).standard_normal((3, 3, 96, 128)).astype(np.float32)}
+    heads = find_class_heads(load_model(path))
+    assert heads is not None and "sizes read at run time" in heads.reason
+    anchors = [1, 1, 1] if family == "yolov8" else [3, 3, 3]
+    _check_detector(path, feeds, tmp_path, 3, anchors, 3, blocks=blocks)
+    _batch_one_is_batch_three(path, feeds, tmp_path)

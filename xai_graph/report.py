@@ -60,7 +60,7 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
         report.task, report.reason = "detection", detector.reason
         report.scores, report.final_activation = ", ".join(o.name for o in detector.outputs), detector.activation
         report.detector_levels = [{"value": lv.value.name, "shape": shape_text(lv.value), "anchors": lv.anchors,
-                                   "classes": detector.num_classes} for lv in detector.levels]
+                                   "classes": detector.num_classes, "layout": lv.layout} for lv in detector.levels]
         report.target = detector.middle.value.name
         report.target_shape = shape_text(detector.middle.value)
         detection_methods = {m.algo: m for m in methods_for_task("detection")}

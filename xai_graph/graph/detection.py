@@ -5,46 +5,57 @@ ends in a Conv whose [B, A*K, h, w] output goes through Split, Transpose,
 Reshape, Concat and a Sigmoid or Softmax before reaching a graph output. Walking
 back from the outputs through such shape-only ops finds the spatial tensors
 they come from; those reached through a score activation are the class maps.
-
-The walk carries a window (axis, start, stop) of the tensor it follows, so that
-after `Split` (YOLOv8 concatenates box and class channels per level, then splits
-them again) it follows only the class channels back to the class convolution.
-Objectness and centerness branches (YOLOX, FCOS: one channel beside a K-channel
-class map at the same level) are set aside. Selection ops of in-graph
+Which of their channels are classes, and how they group into anchors, is read
+from the walk (`detector_layout`): YOLOv8's split of box and class channels,
+YOLOv5's per-anchor [4 box, objectness, K classes] blocks, YOLOX's and FCOS's
+objectness / centerness maps beside the class map. Selection ops of in-graph
 post-processing (TopK, Gather, NonMaxSuppression, ReduceMax/ArgMax) are walked
 through, so class maps behind final detections are found as well.
+
+Where no score activation is found, per-level class and box maps that are
+themselves the graph's outputs (RetinaNet, EfficientDet) are recognised in
+pairs: the box map's 4A channels give the anchors A (`detector_layout`).
+K is, in this order: --num-classes; what the layouts tell (YOLOv5 blocks,
+anchor-major reshapes); the last axis of [B, N, K] score outputs; the box maps
+beside the class maps; the class maps' common width (1 anchor each).
+
+Levels are told apart and ordered (finest first) by their sizes. Exports with a
+free input size (Ultralytics `dynamic=True`) have none: the analysis then runs on
+a static twin, a copy whose input is fixed at 640 x 640 (batch 1) and whose shape
+computations are folded so every map gets a size; what it finds is mapped back
+by name, and the saliency head reads the sizes at run time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
+import onnx
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
-from xai_graph.graph.analysis import GraphIndex, constant_array, shape_text, spatial_size
+from xai_graph.graph.analysis import GraphIndex, shape_text, spatial_size
 from xai_graph.graph.builder import static_dim
-
-# Ops a score tensor passes through unchanged in value (only moved or sliced), plus score activations.
-_PASSIVE = {"Reshape", "Transpose", "Concat", "Split", "Slice", "Flatten", "Squeeze", "Unsqueeze", "Identity",
-            "Cast", "Sigmoid", "Softmax"}
-_ACTIVATIONS = {"Sigmoid", "Softmax"}
-# A spatial map made by these is the class map itself: they cut the class channels out of a shared conv.
-_CUTS = {"Split", "Slice"}
-# In-graph post-processing that picks scores without computing new ones (top-k, NMS, best class): the walk
-# goes through every data input of these, so class maps behind final detections are found too.
-_SELECTIONS = {"TopK", "Gather", "GatherElements", "GatherND", "NonMaxSuppression", "ReduceMax", "ArgMax", "Expand",
-               "Tile"}
-
-
-Window = tuple[int, int, int] | None  # (axis, start, stop) of the followed tensor; None: all of it
+from xai_graph.graph.detector_layout import (
+    ClassLayout,
+    Root,
+    box_anchors,
+    raw_level_maps,
+    read_layout,
+    walk_back,
+    without_objectness,
+)
 
 
 @dataclass
 class Level:
-    value: ir.Value  # [B, A*K, h, w] class scores before the activation
+    value: ir.Value  # [B, C, h, w] the class scores are read from, before the activation
     anchors: int
-    channels: tuple[int, int] | None = None  # where the class maps are only part of `value`'s channels
+    channels: tuple[int, int] | None = None  # where the anchor blocks are only part of `value`'s channels
+    per_anchor: int | None = None  # P: channels per anchor block where a block holds more than the K classes
+    class_offset: int = 0  # where the K classes start in each block (YOLOv5: 5, after box and objectness)
+    layout: str = ""  # how the channels were read, for `inspect`
 
     @property
     def size(self) -> tuple[int | None, int | None]:
@@ -67,168 +78,84 @@ class DetectorHeads:
         return self.levels[len(self.levels) // 2]
 
 
-def _walk_back(output: ir.Value, index: GraphIndex) -> tuple[dict[ir.Value, tuple[str | None, Window]], bool]:
-    """Spatial tensors an output is made of through passive ops: the activation met and the window used;
-    and whether the walk went through post-processing (then the output's shape says nothing of K)."""
-    roots: dict[ir.Value, tuple[str | None, Window]] = {}
-    stack: list[tuple[ir.Value, str | None, Window]] = [(output, None, None)]
-    seen: set[tuple] = set()
-    selected = False
-    while stack:
-        value, activation, window = stack.pop()
-        if (value, window) in seen:
-            continue
-        seen.add((value, window))
-        size = spatial_size(value)
-        node = value.producer()
-        computed = node is None or node.op_type not in _PASSIVE or node.op_type in _CUTS
-        if size is not None and value in index.data_dependent and computed:
-            roots.setdefault(value, (activation, window))  # the branch's conv, or the class part cut out of it
-            continue
-        if node is not None and node.op_type in _SELECTIONS:
-            selected = True
-            stack.extend((v, activation, None) for v in node.inputs if v is not None and v in index.data_dependent)
-            continue
-        if node is None or node.op_type not in _PASSIVE:
-            continue
-        met = activation or (node.op_type if node.op_type in _ACTIVATIONS else None)
-        stack.extend((v, met, w) for v, w in _inputs_with_windows(node, value, window))
-    return roots, selected
-
-
-def _inputs_with_windows(node: ir.Node, output: ir.Value, window: Window) -> list[tuple[ir.Value, Window]]:
-    """The data inputs of a passive node that hold the windowed part of its output, with their windows."""
-    source = node.inputs[0]
-    if node.op_type == "Concat":
-        axis = _axis(node, output)
-        parts, offset = [], 0
-        for v in node.inputs:
-            n = static_dim(v, axis) if v.shape is not None else None
-            if window is None or window[0] != axis or n is None:
-                parts.append((v, window if (window is None or window[0] != axis) else None))
-            elif window[1] < offset + n and window[2] > offset:
-                parts.append((v, (axis, max(window[1], offset) - offset, min(window[2], offset + n) - offset)))
-            offset += n or 0
-        return parts
-    if node.op_type == "Split":
-        axis = _axis(node, source)
-        sizes = _split_sizes(node, source, axis)
-        if sizes is None:
-            return [(source, None)]
-        i = list(node.outputs).index(output)
-        start = sum(sizes[:i])
-        if window is not None and window[0] == axis:
-            return [(source, (axis, start + window[1], start + window[2]))]
-        return [(source, (axis, start, start + sizes[i]))]
-    if node.op_type == "Transpose":
-        perm = node.attributes["perm"].as_ints() if "perm" in node.attributes else None
-        if window is None or perm is None:
-            return [(source, window)]
-        return [(source, (perm[window[0]], window[1], window[2]))]
-    if node.op_type == "Reshape":
-        return [(source, _reshaped_window(source, output, window))]
-    if node.op_type in ("Flatten", "Squeeze", "Unsqueeze", "Slice"):
-        return [(source, None)]  # windows across these are not followed: the whole input is taken
-    return [(source, window)]  # element-wise: Sigmoid, Softmax, Identity, Cast
-
-
-def _axis(node: ir.Node, value: ir.Value) -> int:
-    axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
-    return axis % len(value.shape) if value.shape is not None else axis
-
-
-def _split_sizes(node: ir.Node, source: ir.Value, axis: int) -> list[int] | None:
-    if "split" in node.attributes:
-        return list(node.attributes["split"].as_ints())
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        sizes = constant_array(node.inputs[1])
-        return [int(v) for v in sizes] if sizes is not None else None
-    total = static_dim(source, axis)
-    parts = len(node.outputs)
-    return [total // parts] * parts if total is not None and total % parts == 0 else None
-
-
-def _reshaped_window(source: ir.Value, output: ir.Value, window: Window) -> Window:
-    """A window survives a Reshape on an axis whose size and leading dims are unchanged."""
-    if window is None or source.shape is None or output.shape is None:
-        return None
-    axis = window[0]
-    src, out = list(source.shape), list(output.shape)
-    if axis < len(src) and src[: axis + 1] == out[: axis + 1]:
-        return window
-    if axis == len(out) - 1 and src[-1] == out[-1]:
-        return (len(src) - 1, window[1], window[2])
-    return None
-
-
 def find_class_heads(model: ir.Model, heads: list[str] | None = None, num_anchors: list[int] | None = None,
                      num_classes: int | None = None) -> DetectorHeads | None:
     """The detector's class maps, or None when the model does not look like a single-stage detector."""
-    graph = model.graph
-    index = GraphIndex(graph)
-    if heads:
-        levels, outputs, shaped_like_scores = [], [], []
-        found = {}
-        for name in heads:
-            value = _named(graph, name)
-            if spatial_size(value) is not None:
-                levels.append(value)
-                continue
-            # A score output: its class maps are the spatial tensors behind it, with or without an activation
-            # (TFLite BlazeFace leaves the sigmoid to its post-processing).
-            roots, selected = _walk_back(value, index)
-            if not any(spatial_size(v) for v in roots):
-                raise XaiGraphError(f"--head {name!r} is {shape_text(value)}, and no [B, A*K, h, w] maps reach it "
-                                    "through Reshape/Transpose/Concat/Split/Slice")
-            found.update(roots)
-            outputs.append(value)
-            if not selected:
-                shaped_like_scores.append(value)
-        found = _without_objectness(found)
-        levels += list(found)
-        windows = {v: w for v, (_, w) in found.items()}
-        activations = {a for a, _ in found.values()}
-        activation = activations.pop() if len(activations) == 1 else None
-        reason = "named with --head"
-    else:
-        found: dict[ir.Value, tuple[str, Window]] = {}
-        outputs, shaped_like_scores = [], []
-        for out in graph.outputs:
-            roots, selected = _walk_back(out, index)
-            roots = {v: aw for v, aw in roots.items() if aw[0] is not None}
-            if roots:
-                outputs.append(out)
-                found.update(roots)
-                if not selected:
-                    shaped_like_scores.append(out)
-        found = _without_objectness(found)
-        sizes = {spatial_size(v) for v in found}
-        if len(sizes) < 2:
-            return None
-        levels = list(found)
-        windows = {v: w for v, (_, w) in found.items()}
-        activations = {a for a, _ in found.values()}
-        activation = activations.pop() if len(activations) == 1 else None
-        reason = (f"{len(levels)} class maps found behind {activation or 'score activations'} of "
-                  f"{', '.join(o.name for o in outputs)}")
-    levels.sort(key=lambda v: -((spatial_size(v)[0] or 0) * (spatial_size(v)[1] or 0)))
-    channels = {v: _channel_range(v, windows.get(v)) for v in levels}
-    widths = [c[1] - c[0] for c in channels.values() if c is not None]
-    k = num_classes or _classes_from_outputs(shaped_like_scores, widths) or _common(widths)
-    if not k:
-        raise XaiGraphError("cannot tell the number of classes of the detector; pass --num-classes")
-    anchors = num_anchors or [_anchors(v, channels[v], k) for v in levels]
-    if len(anchors) == 1:
-        anchors = anchors * len(levels)
-    if len(anchors) != len(levels):
-        raise XaiGraphError(f"--num-anchors gives {len(anchors)} values for {len(levels)} levels")
-    partial = {v: c if c is not None and (c[0], c[1]) != (0, static_dim(v, 1)) else None for v, c in channels.items()}
-    heads = DetectorHeads([Level(v, a, partial[v]) for v, a in zip(levels, anchors)], k, activation, outputs, reason)
+    twin = _static_twin(model) if _sizes_unknown(model, heads) else None
+    if twin is None:
+        return _find(model, heads, num_anchors, num_classes)
+    found = _find(twin, heads, num_anchors, num_classes)
+    if found is None:
+        return None
+    image = next(v for v in twin.graph.inputs if not v.is_initializer())
+    found.reason += f"; levels told apart with the input at {shape_text(image)}, sizes read at run time"
+    return _mapped_back(found, model)
+
+
+def _find(model: ir.Model, heads, num_anchors, num_classes) -> DetectorHeads | None:
+    graph, index = model.graph, GraphIndex(model.graph)
+    found, outputs, scored, named, layouts = _candidates(graph, index, heads)
+    kept = without_objectness(found, spatial_size)
+    if not heads and len({spatial_size(v) for v in kept}) < 2:
+        return None
+    levels = sorted([*kept, *named], key=lambda v: -((spatial_size(v)[0] or 0) * (spatial_size(v)[1] or 0)))
+    layouts = {v: layouts.get(v) or (read_layout(v, kept[v].window) if v in kept else ClassLayout()) for v in levels}
+    k = _num_classes(levels, layouts, num_classes, scored, _box_candidates(graph, levels))
+    anchors = _anchors(levels, layouts, k, num_anchors)
+    activations = {root.activation for root in kept.values()}
+    activation = activations.pop() if len(activations) == 1 else None
+    set_aside = [v for v in found if v not in kept]
+    result = DetectorHeads([_level(v, layouts[v], a, k, set_aside) for v, a in zip(levels, anchors)], k, activation,
+                           outputs, _reason(heads, levels, activation, outputs))
     try:
-        heads.neck = neck_feature(heads, model)
+        result.neck = neck_feature(result, model)
     except XaiGraphError:
-        heads.neck = None  # only activationmap needs it, and says so
-    return heads
+        result.neck = None  # only activationmap needs it, and says so
+    return result
+
+
+def _candidates(graph: ir.Graph, index: GraphIndex, heads: list[str] | None) -> tuple:
+    """Maps that may be class maps, the outputs they reach, those outputs that are plain score tensors,
+    maps named directly with --head, and layouts already known (per-level output pairs)."""
+    if heads:
+        return (*_walked([_named(graph, name) for name in heads], index, named=True), {})
+    found, outputs, scored, _ = _walked(list(graph.outputs), index, named=False)
+    if found:
+        return found, outputs, scored, [], {}
+    layouts = raw_level_maps(graph, spatial_size) or {}  # no score activation: per-level output pairs?
+    return {v: Root(None, None) for v in layouts}, list(layouts), [], [], layouts
+
+
+def _reason(heads, levels, activation, outputs) -> str:
+    if heads:
+        return "named with --head"
+    if activation is None and all(o in levels for o in outputs):
+        return f"{len(levels)} per-level class maps output beside their box maps, without a score activation"
+    return (f"{len(levels)} class maps found behind {activation or 'score activations'} of "
+            f"{', '.join(o.name for o in outputs)}")
+
+
+def _walked(values: list[ir.Value], index: GraphIndex, named: bool) -> tuple[dict[ir.Value, Root], list, list, list]:
+    """The maps behind each value: reached through a score activation, or any for a value named with --head
+    (TFLite BlazeFace leaves the sigmoid to its post-processing); the values reached; those of them that are
+    score tensors as they are (no post-processing), whose shape may tell K; and named maps taken as they are."""
+    found: dict[ir.Value, Root] = {}
+    reached, scored, direct = [], [], []
+    for value in values:
+        if named and spatial_size(value) is not None:
+            direct.append(value)
+            continue
+        roots, selected = walk_back(value, index)
+        roots = roots if named else {v: root for v, root in roots.items() if root.activation is not None}
+        if named and not roots:
+            raise XaiGraphError(f"--head {value.name!r} is {shape_text(value)}, and no [B, A*K, h, w] maps reach it "
+                                "through Reshape/Transpose/Concat/Split/Slice")
+        if roots:
+            reached.append(value)
+            found.update((v, root) for v, root in roots.items() if v not in found)
+            if not selected:
+                scored.append(value)
+    return found, reached, scored, direct
 
 
 def _named(graph: ir.Graph, name: str) -> ir.Value:
@@ -239,6 +166,32 @@ def _named(graph: ir.Graph, name: str) -> ir.Value:
     raise XaiGraphError(f"--head {name!r} is neither a value nor a node of the model")
 
 
+def _num_classes(levels, layouts, num_classes, scored, box_candidates) -> int:
+    """K: --num-classes; else the layout of the maps (YOLOv5 blocks, anchor-major reshapes, box branches);
+    else the [B, N, K] score outputs; else the maps' common width."""
+    told = {layout.classes for layout in layouts.values() if layout.classes}
+    if len(told) > 1:
+        raise XaiGraphError(f"the levels' layouts disagree on the number of classes ({sorted(told)}); "
+                            "pass --num-classes")
+    if num_classes and told and told != {num_classes}:
+        raise XaiGraphError(f"--num-classes {num_classes}, but the class maps' layout gives {told.pop()}")
+    widths = [_class_channels(v, layouts[v]) for v in levels]
+    widths = [w for w in widths if w is not None]
+    k = num_classes or (told.pop() if told else None) or _classes_from_outputs(scored, widths)
+    if not k:
+        k = _classes_from_box_branches(levels, layouts, box_candidates)
+    k = k or (widths[0] if widths and len(set(widths)) == 1 else None)  # the maps' common width
+    if not k:
+        raise XaiGraphError("cannot tell the number of classes of the detector; pass --num-classes")
+    return k
+
+
+def _class_channels(value: ir.Value, layout: ClassLayout) -> int | None:
+    if layout.channels is not None:
+        return layout.channels[1] - layout.channels[0]
+    return static_dim(value, 1)
+
+
 def _classes_from_outputs(outputs: list[ir.Value], widths: list[int]) -> int | None:
     """K from outputs shaped [B, N, K] (the common export of class scores), where the maps' channels agree."""
     sizes = {o.shape[-1] for o in outputs if o.shape is not None and len(o.shape) == 3}
@@ -247,31 +200,53 @@ def _classes_from_outputs(outputs: list[ir.Value], widths: list[int]) -> int | N
     return k if k and widths and all(w % k == 0 for w in widths) else None
 
 
-def _common(widths: list[int]) -> int | None:
-    return widths[0] if widths and len(set(widths)) == 1 else None
+def _box_candidates(graph: ir.Graph, levels: list[ir.Value]) -> list[ir.Value]:
+    """Graph outputs that could be a level's box map: spatial, not a class map."""
+    return [v for v in graph.outputs if spatial_size(v) is not None and v not in levels]
 
 
-def _channel_range(value: ir.Value, window: Window) -> tuple[int, int] | None:
-    if window is not None and window[0] == 1:
-        return window[1], window[2]
-    channels = static_dim(value, 1)
-    return (0, channels) if channels is not None else None
+def _classes_from_box_branches(levels, layouts, candidates) -> int | None:
+    """K from the box map beside each class map (4A channels at the same level), where every level has one
+    and they agree; the layouts then record A and the box map."""
+    readings = {}
+    for v in levels:
+        partners = box_anchors(v, candidates, spatial_size)
+        if len(partners) != 1:
+            return None
+        box, anchors = partners[0]
+        readings[v] = replace(layouts[v], anchors=anchors, classes=static_dim(v, 1) // anchors, box=box.name)
+    if len({layout.classes for layout in readings.values()}) != 1:
+        return None
+    layouts.update(readings)
+    return next(iter(readings.values())).classes
 
 
-def _without_objectness(found: dict) -> dict:
-    """Drop one-channel maps (objectness, centerness) where a wider class map sits at the same level."""
-    widest: dict = {}
-    for v in found:
-        widest[spatial_size(v)] = max(widest.get(spatial_size(v), 0), static_dim(v, 1) or 0)
-    return {v: aw for v, aw in found.items() if not (static_dim(v, 1) == 1 and widest[spatial_size(v)] > 1)}
+def _anchors(levels, layouts, k: int, num_anchors: list[int] | None) -> list[int]:
+    if num_anchors is not None:
+        anchors = num_anchors * len(levels) if len(num_anchors) == 1 else list(num_anchors)
+        if len(anchors) != len(levels):
+            raise XaiGraphError(f"--num-anchors gives {len(num_anchors)} values for {len(levels)} levels")
+        for v, a in zip(levels, anchors):
+            if layouts[v].anchors not in (None, a):
+                raise XaiGraphError(f"--num-anchors {a}, but class map '{v.name}' has {layouts[v].anchors} anchors")
+        return anchors
+    return [layouts[v].anchors or _anchors_from_width(v, layouts[v], k) for v in levels]
 
 
-def _anchors(value: ir.Value, channels: tuple[int, int] | None, k: int) -> int:
-    width = channels[1] - channels[0] if channels is not None else None
+def _anchors_from_width(value: ir.Value, layout: ClassLayout, k: int) -> int:
+    width = _class_channels(value, layout)
     if width is None or width % k:
         raise XaiGraphError(f"class map '{value.name}' has {width} channels, not a multiple of {k} classes; "
                             "pass --num-classes or --num-anchors")
     return width // k
+
+
+def _level(value: ir.Value, layout: ClassLayout, anchors: int, k: int, set_aside: list[ir.Value]) -> Level:
+    if layout.per_anchor == k and layout.offset == 0:  # blocks of exactly the K classes: plain anchor-major
+        layout = replace(layout, per_anchor=None)
+    beside = [v.name for v in set_aside if spatial_size(v) == spatial_size(value)]
+    return Level(value, anchors, layout.channels, layout.per_anchor, layout.offset if layout.per_anchor else 0,
+                 layout.describe(anchors, k, static_dim(value, 1), beside))
 
 
 def neck_feature(heads: DetectorHeads, model: ir.Model) -> ir.Value:
@@ -294,3 +269,128 @@ def neck_feature(heads: DetectorHeads, model: ir.Model) -> ir.Value:
         if spatial_size(value) is not None and len(convolutions) >= 2:
             return value
     raise XaiGraphError(f"no neck feature map found behind '{heads.middle.value.name}'; pass --target-layer")
+
+
+# -- the static twin of a model with a free input size -------------------------------------------------------
+
+_TWIN_SIZE = 640  # free input sizes in the twin: a multiple of every usual stride (8 ... 128)
+_FOLD_LIMIT = 4096  # elements: shape arithmetic is folded, weights never are
+
+
+def _sizes_unknown(model: ir.Model, heads: list[str] | None) -> bool:
+    """Whether the maps the outputs (or the named heads) come from lack static sizes."""
+    index = GraphIndex(model.graph)
+    for value in [_named(model.graph, n) for n in heads] if heads else model.graph.outputs:
+        maps = [value] if spatial_size(value) is not None else list(walk_back(value, index)[0])
+        if any(None in spatial_size(v) for v in maps):
+            return True
+    return False
+
+
+def _static_twin(model: ir.Model) -> ir.Model | None:
+    """A copy of `model` with fixed input sizes (batch 1, free sizes 640) and the static shapes that follow;
+    None where shape inference fails."""
+    twin = model.clone()
+    for value in twin.graph.inputs:
+        if value.shape is not None and not value.is_initializer():
+            value.shape = ir.Shape([d if isinstance(d, int) and d >= 0 else 1 if axis == 0 else _TWIN_SIZE
+                                    for axis, d in enumerate(value.shape)])
+    try:
+        shapes = _inferred_shapes(twin)
+    except Exception:  # noqa: BLE001 - onnx's inference raises many kinds; without a twin the analysis still runs
+        return None
+    for value in (v for node in twin.graph for v in node.outputs if v.name in shapes):
+        value.shape = ir.Shape(shapes[value.name])
+    return twin
+
+
+def _inferred_shapes(model: ir.Model) -> dict[str, list[int]]:
+    """Static shapes of every value, by ONNX shape inference alternating with folding of shape arithmetic
+    (Shape -> Gather -> Concat -> Reshape, which ONNX's data propagation does not always follow)."""
+    skeleton = model.clone()
+    graph = skeleton.graph
+    for name, value in list(graph.initializers.items()):
+        tensor = value.const_value
+        if tensor is not None and tensor.size > _FOLD_LIMIT:  # weights: only their shape matters here
+            graph.initializers.pop(name)
+            value.const_value = None
+            value.shape, value.dtype = ir.Shape(tensor.shape), tensor.dtype
+            if not value.is_graph_input():
+                graph.inputs.append(value)
+    for node in graph:
+        for value in node.outputs:
+            value.shape = None
+    proto = ir.serde.serialize_model(skeleton)
+    opset = model.opset_imports.get("", 1)
+    for _ in range(8):
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+        if not _fold_shape_arithmetic(proto, opset):
+            break
+    infos = [*proto.graph.value_info, *proto.graph.output]
+    return {info.name: dims for info in infos if (dims := _static_dims(info)) is not None}
+
+
+def _static_dims(info: onnx.ValueInfoProto) -> list[int] | None:
+    if not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+        return None
+    dims = info.type.tensor_type.shape.dim
+    return [d.dim_value for d in dims] if all(d.HasField("dim_value") for d in dims) else None
+
+
+def _fold_shape_arithmetic(proto: onnx.ModelProto, opset: int) -> int:
+    """Replace nodes computable from static shapes and small constants by initializers; how many were."""
+    graph = proto.graph
+    shapes = {info.name: _static_dims(info) for info in [*graph.input, *graph.value_info]}
+    known = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer if np.prod(t.dims) <= _FOLD_LIMIT}
+    outputs = {o.name for o in graph.output}
+    kept, folded = [], []
+    for node in graph.node:
+        values = None if outputs & set(node.output) else _evaluated(node, known, shapes, opset)
+        if values is None:
+            kept.append(node)
+            continue
+        known.update(zip(node.output, values))
+        folded += [onnx.numpy_helper.from_array(np.asarray(v), n) for n, v in zip(node.output, values)]
+    if folded:
+        del graph.node[:]
+        graph.node.extend(kept)
+        graph.initializer.extend(folded)
+    return len(folded)
+
+
+def _evaluated(node: onnx.NodeProto, known: dict, shapes: dict, opset: int) -> list | None:
+    from onnx.reference import ReferenceEvaluator
+
+    if node.domain not in ("", "ai.onnx") or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                 for a in node.attribute):
+        return None
+    if node.op_type in ("Shape", "Size") and shapes.get(node.input[0]) is not None:
+        dims = np.array(shapes[node.input[0]], np.int64)
+        if node.op_type == "Size":
+            return [np.array(dims.prod(), np.int64)]
+        bounds = {a.name: a.i for a in node.attribute}
+        return [dims[bounds.get("start", 0): bounds.get("end", len(dims))]]
+    inputs = [name for name in node.input if name]
+    if node.op_type.startswith("Random") or not all(name in known for name in inputs):
+        return None  # (Constant has no inputs and folds)
+    helper = onnx.helper
+    graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(
+        name, helper.np_dtype_to_tensor_dtype(np.asarray(known[name]).dtype), None) for name in inputs],
+        [helper.make_empty_tensor_value_info(name) for name in node.output if name])
+    try:  # a model, not the bare node: the reference runtime reads the node at the model's opset
+        program = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+        values = program.run(None, {name: known[name] for name in inputs})
+    except Exception:  # noqa: BLE001 - an op the reference runtime does not cover: left to shape inference
+        return None
+    return values if all(np.asarray(v).size <= _FOLD_LIMIT for v in values) else None
+
+
+def _mapped_back(heads: DetectorHeads, model: ir.Model) -> DetectorHeads:
+    """What was found on the static twin, as the original model's values (the same names)."""
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    values.update((v.name, v) for v in model.graph.inputs)
+    for level in heads.levels:
+        level.value = values[level.value.name]
+    heads.outputs = [values[o.name] for o in heads.outputs]
+    heads.neck = values.get(heads.neck.name) if heads.neck is not None else None
+    return heads

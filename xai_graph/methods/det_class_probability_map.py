@@ -3,7 +3,9 @@
 Per level, the class scores [B, A*K, h_l, w_l] are maxed over the A anchors,
 resized bilinearly to one size (the middle level's by default), averaged over
 levels, and turned into probabilities over classes: softmax (default, as OTX;
-skipped for K = 1), sigmoid, or none. Softmax heads (SSD) carry a background
+skipped for K = 1), sigmoid, or none. Where a level holds blocks of P channels
+per anchor (YOLOv5: 4 box, objectness, K classes), only the class channels are
+read; objectness is no class. Softmax heads (SSD) carry a background
 channel: it takes part in the softmax and is then dropped from the maps.
 
 Beside the maps the head outputs `detection_class_scores [B, K]`: each class's best
@@ -16,7 +18,7 @@ from __future__ import annotations
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.builder import GraphBuilder, static_dim
-from xai_graph.graph.detection import DetectorHeads
+from xai_graph.graph.detection import DetectorHeads, Level
 from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
 
 DET_SCORES = ("softmax", "sigmoid", "none")
@@ -66,11 +68,7 @@ class DetClassProbabilityMap(SaliencyMethod):
             height, width = b.dim(target.middle.value, 2), b.dim(target.middle.value, 3)
         per_level, best_per_level = [], []
         for level in target.levels:
-            x = level.value
-            if level.channels is not None:  # class channels cut out of a conv shared with boxes (YOLOv8)
-                x = b.op("Slice", x, b.ints([level.channels[0]]), b.ints([level.channels[1]]), b.ints([1]))
-            h, w = b.dim(level.value, 2), b.dim(level.value, 3)
-            grouped = b.reshape(x, 0, level.anchors, k, h, w)
+            grouped = self._class_scores(b, level, k)
             scores = b.reduce("ReduceMax", grouped, [1], keepdims=False)
             if (static_dim(level.value, 2), static_dim(level.value, 3)) != (height, width):
                 scores = b.resize_bilinear(scores, height, width)
@@ -90,6 +88,20 @@ class DetClassProbabilityMap(SaliencyMethod):
         if target.activation == "Sigmoid" or (target.activation is None and self.options.det_score == "sigmoid"):
             best = b.op("Sigmoid", best)
         return Saliency(self._without_background(b, target, mean), class_scores=self._without_background(b, target, best))
+
+    @staticmethod
+    def _class_scores(b: GraphBuilder, level: Level, k: int):
+        """[B, A, K, h, w]: the level's class channels, grouped by anchor."""
+        x = level.value
+        if level.channels is not None:  # class channels cut out of a conv shared with boxes (YOLOv8)
+            x = b.op("Slice", x, b.ints([level.channels[0]]), b.ints([level.channels[1]]), b.ints([1]))
+        h, w = b.dim(level.value, 2), b.dim(level.value, 3)
+        if level.per_anchor is None:  # anchor-major: A blocks of K classes
+            return b.reshape(x, 0, level.anchors, k, h, w)
+        # Blocks of P channels per anchor, classes at an offset (YOLOv5: 4 box, objectness, K classes).
+        blocks = b.reshape(x, 0, level.anchors, level.per_anchor, h, w)
+        start = level.class_offset
+        return b.op("Slice", blocks, b.ints([start]), b.ints([start + k]), b.ints([2]))
 
     def _best_scores(self, b: GraphBuilder, target: DetectorHeads, grouped) -> object:
         """[B, K]: the best score of each class at one level, over anchors and positions."""
