@@ -209,8 +209,10 @@ def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Val
         if len(node.inputs) != 2 or len(data) != 1:
             return None, f"'{node.name}' before the attention Softmax is not a scaling by a constant"
         other = _other_input(node, data[0])
-        rows = known_dim(other.shape[-2]) if other.shape is not None and len(other.shape) >= 2 else 1
-        if other.shape is None or rows not in (1, tokens):  # a [.., T, T] mask is sliced to the extra tokens' rows
+        constant = constant_array(other)
+        shape = list(other.shape) if other.shape is not None else constant.shape if constant is not None else None
+        rows = known_dim(shape[-2]) if shape is not None and len(shape) >= 2 else 1
+        if shape is None or rows not in (1, tokens):  # a [.., T, T] mask is sliced to the extra tokens' rows
             return None, f"'{node.name}' before the attention Softmax adds or scales by a tensor of unknown shape"
         logit_nodes.insert(0, node)
         value = data[0]
@@ -241,8 +243,8 @@ def _past_identities(value: ir.Value) -> ir.Value:
     masked row, which a classifier's attention has not)."""
     while len(value.consumers()) >= 1:
         users = value.consumers()
-        if len(users) == 1 and users[0].op_type == "Cast" and users[0].attributes.get_int("to", 0) == ir.DataType.FLOAT \
-                and value.dtype in (ir.DataType.FLOAT, None):
+        to_float = users[0].op_type == "Cast" and users[0].attributes.get_int("to", 0) == ir.DataType.FLOAT
+        if len(users) == 1 and to_float and value.dtype in (ir.DataType.FLOAT, None):
             value = users[0].outputs[0]
             continue
         guard = [u for u in users if u.op_type == "Where"]
