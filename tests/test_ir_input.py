@@ -211,7 +211,7 @@ def test_blazeface_tflite_converted_by_openvino(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "could not make this IR's batch dynamic" in result.stderr  # its Reshapes bake in batch 1
     report = xai_graph_cli("inspect", xml, "--head", "classificators")
-    assert "[1, 2, 16, 16]: 2 anchor(s) x 1 classes" in report.stdout and "[1, 6, 8, 8]: 6 anchor(s)" in report.stdout
+    assert "[1, 2, 16, 16]: 2 anchors x 1 class" in report.stdout and "[1, 6, 8, 8]: 6 anchors" in report.stdout
     photo = cv2.imread(str(Path(__file__).resolve().parent.parent / "samples" / "images" / "astronaut.png"))
     x = ((cv2.cvtColor(cv2.resize(photo, (128, 128)), cv2.COLOR_BGR2RGB) - 127.5) / 127.5)[None].astype(np.float32)
     out = open_model(tmp_path / "face.xml", "openvino")({"input": x})
