@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -50,3 +53,17 @@ def test_zoo_classic(name, zoo_dir, tmp_path):
             assert all(t.name in listed for t in proto.graph.initializer), "IR 3: initializers are graph inputs"
         check_head(path, u8, raw, {input_name: x}, expected[algo], algo, features=f)
     assert np.isfinite(f).all()
+
+
+def test_explain_a_zoo_classic_with_scores_kx1x1(zoo_dir, tmp_path):
+    """`explain` instruments an opset-9 SqueezeNet on the fly and reads its [B, K, 1, 1] scores."""
+    from test_cli import xai_graph_cli
+
+    path = onnx_zoo.rebuild("squeezenet", zoo_dir / "squeezenet_explain.onnx")
+    samples = Path(__file__).resolve().parent.parent / "samples" / "images"
+    result = xai_graph_cli("explain", path, "-i", samples, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "note: opset 9 raised to 11" in result.stderr
+    record = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert len(record["images"]) == 4
+    assert all(len(image["top"]) == 5 and image["top"][0]["score"] > 0 for image in record["images"])

@@ -24,7 +24,7 @@ from xai_graph.graph.io import load_model, save_model
 from xai_graph.detections import Detection, find_layout, read_detections, to_image
 from xai_graph.graph.detection import find_class_heads
 from xai_graph.graph.openvino_ir import read_ir
-from xai_graph.graph.targets import find_scores
+from xai_graph.graph.targets import classes_of, find_scores
 from xai_graph.graph.transformer import find_transformer
 from xai_graph.head import DETECTION_CLASS_SCORES, SALIENCY_CLASSES, SALIENCY_MAP, insert
 from xai_graph.methods import method_for
@@ -175,7 +175,7 @@ class Explainer:
             top_k = None  # detectors and transformers: maps for every class (top-k heads are for CNN classifiers)
         else:
             class_wise = method_for(algo, "classification").class_wise
-            num_classes = known_dim(find_scores(model.graph).shape[-1])
+            num_classes = classes_of(find_scores(model.graph))
             if not class_wise or (num_classes is not None and top_k is not None and top_k >= num_classes):
                 top_k = None
         model = insert(model, algo, raw=raw, top_k=top_k, check=False)  # save_model checks the written file
@@ -237,6 +237,7 @@ class Explainer:
             classes = outputs.get(SALIENCY_CLASSES, [None] * len(chunk))
             # A detector explained with activationmap has no class scores: no predictions, one map.
             scores = outputs.get(self.scores_name, np.zeros((len(chunk), 0), np.float32))
+            scores = scores.reshape(len(scores), -1)  # [B, K, 1, 1] and [B, 1, 1, K] (1x1-conv classifiers) too
             detections = [read_detections(outputs, self.detection_layout, i) if self.detection_layout else None
                           for i in range(len(chunk))]
             results += [ModelOutput(*parts) for parts in zip(scores[:len(chunk)], outputs[SALIENCY_MAP][:len(chunk)],
