@@ -44,3 +44,35 @@ def test_matrix_size():
     rows = [row for rows in RESULTS.values() for row in rows]
     (CACHE / "compat.md").write_text(compat.markdown(rows))
     assert sum(row["status"] == "equal" for row in rows) >= 50
+
+
+# One export per layout the IR path must see the same way as the ONNX path.
+IR_PARITY = ["timm/swin_tiny_patch4_window7_224", "transformers/SwinForImageClassification (eager)",
+             "transformers/BeitForImageClassification (eager)", "transformers/ViTForImageClassification (sdpa)",
+             "ultralytics/yolov8n (dynamic)", "yolov5/yolov5n (nc=3, opset 12)", "effdet/efficientdet_d0"]
+
+
+@pytest.mark.parametrize("name", IR_PARITY)
+def test_ir_path_equals_onnx_path(name, tmp_path):
+    """The model converted to an f32 IR and instrumented natively gives the ONNX head's maps (OpenVINO f32), at a
+    batch of 3 and, for free input sizes, at a size other than the export's."""
+    import numpy as np
+    import openvino as ov
+
+    import xai_graph
+    from xai_graph.runtime import open_model
+
+    entry = next(e for e in MANIFEST if e["name"] == name)
+    path = CACHE / entry["file"]
+    xml = tmp_path / "model.xml"
+    ov.save_model(ov.convert_model(str(path)), str(xml), compress_to_fp16=False)
+    input_name, shape = next(iter(entry["inputs"].items()))
+    size = [256, 384] if "dynamic" in name else shape[2:]
+    images = np.random.default_rng(0).standard_normal((3 if entry["batch_dynamic"] else 1, 3, *size))
+    feeds = {input_name: images.astype(np.float32)}
+    maps = []
+    for source, out in ((path, tmp_path / "onnx_head.onnx"), (xml, tmp_path / "ir_head.xml")):
+        head = xai_graph.save_model(xai_graph.insert(source, "classwisesaliencymap", raw=True), out)
+        maps.append(open_model(head, "openvino")(feeds)["saliency_map"])
+    scale = float(np.abs(maps[0]).max())
+    assert maps[0].shape == maps[1].shape and float(np.abs(maps[0] - maps[1]).max()) <= 1e-5 * scale

@@ -37,6 +37,7 @@ import onnx_ir as ir
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import GraphIndex, shape_text, spatial_size
 from xai_graph.graph.builder import static_dim
+from xai_graph.graph.openvino_ir import static_mirror
 from xai_graph.graph.detector_layout import (
     ClassLayout,
     Root,
@@ -290,6 +291,9 @@ def _sizes_unknown(model: ir.Model, heads: list[str] | None) -> bool:
 def _static_twin(model: ir.Model) -> ir.Model | None:
     """A copy of `model` with fixed input sizes (batch 1, free sizes 640) and the static shapes that follow;
     None where shape inference fails."""
+    mirrored = static_mirror(model, _TWIN_SIZE)  # an IR: OpenVINO's own reshape gives the static shapes
+    if mirrored is not None:
+        return mirrored
     twin = model.clone()
     for value in twin.graph.inputs:
         if value.shape is not None and not value.is_initializer():

@@ -379,7 +379,11 @@ def _pair_readings(pair: list[ir.Value], size_of) -> dict[ir.Value, ClassLayout]
 
 
 def _made_by_conv(value: ir.Value) -> bool:
+    """A Conv's output, also through Identity and a bias Add (OpenVINO keeps a convolution's bias apart)."""
     node = value.producer()
-    while node is not None and node.op_type == "Identity":
-        node = node.inputs[0].producer()
+    while node is not None and node.op_type in ("Identity", "Add"):
+        data = [v for v in node.inputs if v is not None and constant_array(v) is None]
+        if node.op_type == "Add" and len(data) != 1:
+            return False
+        node = data[0].producer() if data else None
     return node is not None and node.op_type == "Conv"

@@ -102,6 +102,25 @@ def make_batch_dynamic(model) -> bool:
     return True
 
 
+MIRRORED = "xai_graph.openvino_model"  # meta key of a mirror's ir.Model: the `ov.Model` it mirrors
+
+
+def static_mirror(ir_model: ir.Model, free: int) -> ir.Model | None:
+    """For a mirror: the mirror of a copy of its `ov.Model` reshaped to static input sizes (batch 1, every other
+    free axis `free`), whose values have the same names; None for a model that is not a mirror."""
+    model = ir_model.meta.get(MIRRORED)
+    if model is None:
+        return None
+    twin = model.clone()
+    shapes = {}
+    for port in twin.inputs:
+        dims = [d.get_length() if d.is_static else (1 if axis == 0 else free)
+                for axis, d in enumerate(port.get_partial_shape())]
+        shapes[port] = dims
+    twin.reshape(shapes)
+    return Mirror(twin).ir_model
+
+
 class Mirror:
     """An onnx-ir model mirroring an `ov.Model`, and the OpenVINO output behind each mirrored value."""
 
@@ -112,6 +131,7 @@ class Mirror:
         self.graph = ir.Graph([], [], nodes=[], opset_imports={"": MIRROR_OPSET, "ov": 1}, name="mirror")
         self._mirror()
         self.ir_model = ir.Model(self.graph, ir_version=10)
+        self.ir_model.meta[MIRRORED] = model  # analyses that need OpenVINO's own shape inference reach it here
         self.original_outputs = len(self.graph.outputs)
 
     def _name(self, port) -> str:
