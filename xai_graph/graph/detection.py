@@ -22,8 +22,9 @@ beside the class maps; the class maps' common width (1 anchor each).
 Levels are told apart and ordered (finest first) by their sizes. Exports with a
 free input size (Ultralytics `dynamic=True`) have none: the analysis then runs on
 a static twin, a copy whose input is fixed at 640 x 640 (batch 1) and whose shape
-computations are folded so every map gets a size; what it finds is mapped back
-by name, and the saliency head reads the sizes at run time.
+computations are folded so every map gets a size (for an IR: OpenVINO's own reshape
+of the model); what it finds is mapped back by name, and the saliency head reads the
+sizes at run time.
 """
 
 from __future__ import annotations
