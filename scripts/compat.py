@@ -185,19 +185,27 @@ def check(entry: dict, cache: Path, algo: str, work: Path) -> Row:
     row = Row(family=entry["family"], source=entry["source"], name=entry["name"], exporter=entry["exporter"],
               method=algo, form="", status="", detail="", ratio="", insert_s="")
     start = time.perf_counter()
+    options, notes = {}, set()
     try:
         raw_model = xai_graph.insert(path, algo, raw=True)
     except XaiGraphError as exc:
-        return Row(row, status="refused", detail=str(exc))
+        if "--brute-force to accept" not in str(exc):
+            return Row(row, status="refused", detail=str(exc))
+        # Refused for its cost: what --brute-force writes is checked as well.
+        options = {"brute_force": True}
+        notes.add(f"only with --brute-force ({str(exc).split(' would ')[1].split(':')[0]})")
+        try:
+            raw_model = xai_graph.insert(path, algo, raw=True, **options)
+        except XaiGraphError as forced:
+            return Row(row, status="refused", detail=f"{exc}; with --brute-force: {forced}")
     row["insert_s"] = f"{time.perf_counter() - start:.2f}"
-    u8_model = xai_graph.insert(path, algo)
+    u8_model = xai_graph.insert(path, algo, **options)
     raw = xai_graph.save_model(raw_model, work / "raw.onnx")
     u8 = xai_graph.save_model(u8_model, work / "u8.onnx")
     meta = dict(raw_model.metadata_props)
     row["form"] = meta["xai_graph.method"]
     name, shape = next(iter(entry["inputs"].items()))
     batches = (1, 3) if entry.get("batch_dynamic") else (1,)
-    notes = set()
     for batch in batches:
         feeds = {name: _image(shape, batch)}
         expected, caveat = _expected(entry, meta, algo, path, feeds, work)
@@ -307,7 +315,9 @@ def markdown(rows: list[Row]) -> str:
                 cells.append("")
             elif r["status"] == "equal":
                 form = _form(r["form"])
-                cells.append("equal" + (f", {form}" if form else "") + (" *" if "uint8 not" in r["detail"] else ""))
+                forced = " (only with `--brute-force`)" if "only with --brute-force" in r["detail"] else ""
+                flat = " *" if "uint8 not" in r["detail"] else ""
+                cells.append("equal" + (f", {form}" if form else "") + forced + flat)
             else:
                 cells.append(f"{r['status']}: {_short(r['detail'])}")
         first = next(iter(methods.values()))

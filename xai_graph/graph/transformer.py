@@ -5,8 +5,9 @@ from the scores backwards: the final layer norm is the last one the logits depen
 on (ViT reads its class token; DeiT averages the heads of its class and
 distillation tokens) <- y = Add(x', mlp) <- x' = Add(x, attn). The block's input x
 is the Add operand the other one depends on; LN1 is the layer norm reading x.
-Tokens are [B, T, D] with T = extra + h*w, one or two extra tokens (class, DeiT's
-distillation) in front of a square patch grid. A layer norm is one
+Tokens are [B, T, D] with T = extra + h*w, up to 8 extra tokens (class, DeiT's
+distillation, DINOv2's registers; the fewest that leave a square grid) in front of
+a square patch grid. A layer norm is one
 LayerNormalization node (opset 17+) or its decomposition (ReduceMean, Sub, Pow,
 ReduceMean, Add, Sqrt, Div, then Mul and Add: opset < 17 exports).
 
@@ -27,6 +28,7 @@ from xai_graph.graph.analysis import GraphIndex, constant_array, known_dim
 from xai_graph.graph.targets import find_scores, strip_score_activation
 
 _ELEMENTWISE = {"Mul", "Div", "Add", "Sub"}
+_MAX_EXTRA_TOKENS = 8  # class, distillation (DeiT) and register tokens (DINOv2 with registers: 1 + 4)
 # Ops after attention that act on each token alone, so a token's row can be computed on its own.
 _PER_TOKEN = _ELEMENTWISE | {"LayerNormalization", "Reshape", "Transpose", "Erf", "Gelu", "Relu",
                              "Sigmoid", "Tanh", "Pow", "Sqrt", "ReduceMean", "Cast", "Identity", "Shape", "Gather",
@@ -165,7 +167,7 @@ def find_transformer(model: ir.Model, scores_name: str | None = None) -> Transfo
         return None
     tokens = known_dim(x.shape[1])
     grid = None
-    for extra in (1, 2):
+    for extra in range(1, _MAX_EXTRA_TOKENS + 1):  # the fewest extra tokens that leave a square grid
         side = math.isqrt(tokens - extra) if isinstance(tokens, int) and tokens > extra else 0
         if side and side * side == tokens - extra:
             grid, extra_tokens = (side, side), extra
