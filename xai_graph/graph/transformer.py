@@ -26,6 +26,7 @@ import onnx_ir as ir
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import GraphIndex, constant_array, known_dim
 from xai_graph.graph.targets import find_scores, strip_score_activation
+from xai_graph.graph.twin import static_twin
 
 _ELEMENTWISE = {"Mul", "Div", "Add", "Sub"}
 _MAX_EXTRA_TOKENS = 8  # class, distillation (DeiT) and register tokens (DINOv2 with registers: 1 + 4)
@@ -166,6 +167,8 @@ def find_transformer(model: ir.Model, scores_name: str | None = None) -> Transfo
     if norm1 is None or x.shape is None or len(x.shape) != 3:
         return None
     tokens = known_dim(x.shape[1])
+    if not isinstance(tokens, int):  # DINOv2 interpolates its position embeddings: shapes hide the length
+        tokens = _length_in_static_twin(model, x)
     grid = None
     for extra in range(1, _MAX_EXTRA_TOKENS + 1):  # the fewest extra tokens that leave a square grid
         side = math.isqrt(tokens - extra) if isinstance(tokens, int) and tokens > extra else 0
@@ -180,6 +183,13 @@ def find_transformer(model: ir.Model, scores_name: str | None = None) -> Transfo
                     f"patches and {extra_tokens} extra token(s)")
     block.attention, block.why_cloned = _find_attention(index, block, residual.outputs[0])
     return block
+
+
+def _length_in_static_twin(model: ir.Model, tokens: ir.Value) -> int | None:
+    twin = static_twin(model)
+    same = next((v for node in twin.graph for v in node.outputs if v.name == tokens.name), None) if twin else None
+    length = known_dim(same.shape[1]) if same is not None and same.shape is not None else None
+    return length if isinstance(length, int) else None
 
 
 def _residual_skip(add: ir.Node, index: GraphIndex) -> ir.Value | None:
