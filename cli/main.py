@@ -126,8 +126,9 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
     else:
         xai_graph.save_model(result, output)
     summary = xai_graph.head_summary(result)
+    cost = f"; {summary['cost']}" if summary["cost"] else ""
     click.echo(f"{output}: {summary['method']} on '{summary['target']}', saliency_map {summary['shape']} "
-               f"{summary['dtype']} ({time.perf_counter() - start:.2f} s)")
+               f"{summary['dtype']} ({time.perf_counter() - start:.2f} s{cost})")
 
 
 @main.command()

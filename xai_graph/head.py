@@ -110,11 +110,14 @@ def head_summary(model) -> dict[str, str]:
     if isinstance(model, ir.Model):
         saliency = next(o for o in model.graph.outputs if o.name == SALIENCY_MAP)
         return {"method": model.metadata_props["xai_graph.method"], "target": model.metadata_props["xai_graph.target"],
-                "shape": shape_text(saliency), "dtype": saliency.dtype.name.lower()}
+                "shape": shape_text(saliency), "dtype": saliency.dtype.name.lower(),
+                "cost": model.metadata_props.get("xai_graph.cost", "")}
     port = next(o for o in model.outputs if SALIENCY_MAP in o.get_names())
-    record = {key: model.get_rt_info(["xai_graph", key]).astype(str) for key in ("xai_graph.method", "xai_graph.target")}
+    keys = [k for k in ("xai_graph.method", "xai_graph.target", "xai_graph.cost") if model.has_rt_info(["xai_graph", k])]
+    record = {key: model.get_rt_info(["xai_graph", key]).astype(str) for key in keys}
     dims = ", ".join(str(d.get_length()) if d.is_static else "?" for d in port.get_partial_shape())
     return {"method": record["xai_graph.method"], "target": record["xai_graph.target"], "shape": f"[{dims}]",
+            "cost": record.get("xai_graph.cost", ""),
             "dtype": {"u8": "uint8", "f32": "float"}.get(port.get_element_type().get_type_name(),
                                                          port.get_element_type().get_type_name())}
 
