@@ -113,7 +113,8 @@ def head_summary(model) -> dict[str, str]:
                 "shape": shape_text(saliency), "dtype": saliency.dtype.name.lower(),
                 "cost": model.metadata_props.get("xai_graph.cost", "")}
     port = next(o for o in model.outputs if SALIENCY_MAP in o.get_names())
-    keys = [k for k in ("xai_graph.method", "xai_graph.target", "xai_graph.cost") if model.has_rt_info(["xai_graph", k])]
+    keys = [key for key in ("xai_graph.method", "xai_graph.target", "xai_graph.cost")
+            if model.has_rt_info(["xai_graph", key])]
     record = {key: model.get_rt_info(["xai_graph", key]).astype(str) for key in keys}
     dims = ", ".join(str(d.get_length()) if d.is_static else "?" for d in port.get_partial_shape())
     return {"method": record["xai_graph.method"], "target": record["xai_graph.target"], "shape": f"[{dims}]",
