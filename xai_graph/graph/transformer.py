@@ -166,13 +166,13 @@ def find_transformer(model: ir.Model, scores_name: str | None = None) -> Transfo
     norm1 = next((n for n in norms if n.input is x), None)
     if norm1 is None or x.shape is None or len(x.shape) != 3:
         return None
-    tokens = known_dim(x.shape[1])
-    if not isinstance(tokens, int):  # DINOv2 interpolates its position embeddings: shapes hide the length
-        tokens = _length_in_static_twin(model, x)
+    batch, tokens = _batch_and_length(model, x)
+    if batch != 1:  # MobileViT's blocks run on [B * pixels per patch, patches, D]: not a sequence per image
+        return None
     grid = None
     for extra in range(1, _MAX_EXTRA_TOKENS + 1):  # the fewest extra tokens that leave a square grid
         side = math.isqrt(tokens - extra) if isinstance(tokens, int) and tokens > extra else 0
-        if side and side * side == tokens - extra:
+        if side and side * side == tokens - extra and extra * 4 <= side * side:
             grid, extra_tokens = (side, side), extra
             break
     if grid is None:
@@ -185,11 +185,20 @@ def find_transformer(model: ir.Model, scores_name: str | None = None) -> Transfo
     return block
 
 
-def _length_in_static_twin(model: ir.Model, tokens: ir.Value) -> int | None:
+def _batch_and_length(model: ir.Model, tokens: ir.Value) -> tuple[int | None, int | None]:
+    """The batch and length axes of a token sequence, as they are for one image: 1 when the batch axis is the
+    input's own, and the length; read from the static twin where shapes do not tell (a batch axis made by a
+    Reshape, DINOv2's length from its interpolated position embeddings)."""
+    image = next((v for v in model.graph.inputs if not v.is_initializer() and v.shape is not None), None)
+    batch, length = tokens.shape[0], known_dim(tokens.shape[1])
+    same_batch = image is not None and known_dim(batch) is not None and batch == image.shape[0]
+    if same_batch and isinstance(length, int):
+        return 1, length
     twin = static_twin(model)
     same = next((v for node in twin.graph for v in node.outputs if v.name == tokens.name), None) if twin else None
-    length = known_dim(same.shape[1]) if same is not None and same.shape is not None else None
-    return length if isinstance(length, int) else None
+    if same is None or same.shape is None:
+        return None, None
+    return known_dim(same.shape[0]), known_dim(same.shape[1])
 
 
 def _residual_skip(add: ir.Node, index: GraphIndex) -> ir.Value | None:
