@@ -119,3 +119,40 @@ def test_layout_maps_equal_the_reference(name, tmp_path):
             assert np.array_equal(got["scores"], before["scores"]) or runtime == "openvino"
         alone = open_model(u8)({"image": images[1:2]})["saliency_map"][0]  # batch 1 == batch 3
         assert np.abs(alone.astype(int) - open_model(u8)({"image": images})["saliency_map"][1].astype(int)).max() <= 1
+
+
+class PatchesThenMLP(nn.Module):
+    """A patch embedding, then nothing channels-first: an MLP over the flattened patches carries the network."""
+
+    def __init__(self):
+        super().__init__()
+        self.patches = nn.Conv2d(3, 8, 4, stride=4)
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 1024), nn.ReLU(), nn.Linear(1024, 5))
+
+    def forward(self, x):
+        return self.mlp(self.patches(x))
+
+
+def test_refusals_are_one_line_and_write_nothing(tmp_path):
+    """The CLI's answers where no map explains the scores (the only map comes before 95% of the network), for a
+    form too costly without --brute-force, and for a --scores that names no output: one `error:` line, exit 1,
+    the folder unchanged."""
+    from test_cli import xai_graph_cli
+
+    torch.manual_seed(0)
+    path = tmp_path / "patches.onnx"
+    torch.onnx.export(PatchesThenMLP().eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
+                      opset_version=17, input_names=["image"], output_names=["scores"])
+    cases = {("insert", path): "comes before 9",
+             ("insert", path, "--algo", "activationmap"): "its map would not explain the scores",
+             ("insert", path, "--scores", "nope"): "--scores 'nope' is not an output of the model",
+             ("insert", path, "--target-layer", "nope"): "neither a value nor a node"}
+    for args, message in cases.items():
+        before = sorted(p.name for p in tmp_path.iterdir())
+        result = xai_graph_cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert message in lines[0], lines[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    report = xai_graph_cli("inspect", path)
+    assert "comes before 9" in report.stdout and "classwisesaliencymap: no: no target map" in report.stdout
