@@ -98,8 +98,8 @@ def test_layout_maps_equal_the_reference(name, tmp_path):
     torch.manual_seed(0)
     cls, layout = MODELS[name]
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(_randomised(cls()).eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["scores"],
+    torch.onnx.export(_randomised(cls()).eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
+                      opset_version=17, input_names=["image"], output_names=["scores"],
                       dynamic_axes={"image": {0: "batch"}, "scores": {0: "batch"}})
     images = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
     for algo in ("activationmap", "eigencam", "classwisesaliencymap"):
