@@ -18,13 +18,14 @@ reason is kept and only the cloned-block form applies.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import GraphIndex, constant_array, known_dim
+from xai_graph.graph.builder import GraphBuilder
+from xai_graph.graph.layout import square_grid
 from xai_graph.graph.targets import find_scores, strip_score_activation
 from xai_graph.graph.twin import static_twin
 
@@ -88,6 +89,15 @@ class TransformerBlock:
     def num_classes(self) -> int | None:
         k = known_dim(self.logits.shape[-1]) if self.logits.shape is not None else None
         return k if isinstance(k, int) else None
+
+    @property
+    def map_dims(self) -> list:
+        """[B, h, w] of a class-agnostic map over the patch grid."""
+        return [self.tokens.shape[0], *self.grid]
+
+    def patch_tokens(self, b: GraphBuilder) -> ir.Value:
+        """[B, h*w, D]: the tokens entering the block after the extra ones."""
+        return b.op("Slice", self.tokens, b.ints([self.extra_tokens]), b.ints([2**62]), b.ints([1]))
 
 
 def _producer(value: ir.Value | None, *ops: str) -> ir.Node | None:
@@ -169,13 +179,11 @@ def find_transformer(model: ir.Model, scores_name: str | None = None) -> Transfo
     batch, tokens = _batch_and_length(model, x)
     if batch != 1:  # MobileViT's blocks run on [B * pixels per patch, patches, D]: not a sequence per image
         return None
-    grid = None
-    for extra in range(1, _MAX_EXTRA_TOKENS + 1):  # the fewest extra tokens that leave a square grid
-        side = math.isqrt(tokens - extra) if isinstance(tokens, int) and tokens > extra else 0
-        if side and side * side == tokens - extra and extra * 4 <= side * side:
-            grid, extra_tokens = (side, side), extra
+    for extra_tokens in range(1, _MAX_EXTRA_TOKENS + 1):  # the fewest extra tokens that leave a square grid
+        grid = square_grid(tokens - extra_tokens) if isinstance(tokens, int) else None
+        if grid is not None and extra_tokens * 4 <= grid[0] * grid[1]:
             break
-    if grid is None:
+    else:
         return None
     block = TransformerBlock(x, norm1, final_norm.input, scores, logits, activation, extra_tokens, grid,
                              index.path_nodes(x, logits), index.path_nodes(final_norm.input, logits))

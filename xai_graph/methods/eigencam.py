@@ -45,13 +45,12 @@ class ViTEigenCAM(EigenCAM):
     task = "transformer"
 
     def output_dims(self, target: TransformerBlock) -> list:
-        return [target.tokens.shape[0], *target.grid]
+        return target.map_dims
 
     def build(self, b: GraphBuilder, target: TransformerBlock) -> Saliency:
         h, w = target.grid
-        patches = b.op("Slice", target.tokens, b.ints([target.extra_tokens]), b.ints([2**62]), b.ints([1]))
-        dims = static_dim(target.tokens, 2)
-        return Saliency(b.reshape(principal_projection(b, patches, h * w, dims), -1, h, w))
+        s = principal_projection(b, target.patch_tokens(b), h * w, static_dim(target.tokens, 2))
+        return Saliency(b.reshape(s, -1, h, w))
 
 
 def principal_projection(b: GraphBuilder, features: ir.Value, positions: int | None, channels: int | None):

@@ -187,9 +187,8 @@ class ViTActivationMap(SaliencyMethod):
     class_wise = False
 
     def output_dims(self, target: TransformerBlock) -> list:
-        return [target.tokens.shape[0], *target.grid]
+        return target.map_dims
 
     def build(self, b: GraphBuilder, target: TransformerBlock) -> Saliency:
-        h, w = target.grid
-        patches = b.op("Slice", target.tokens, b.ints([target.extra_tokens]), b.ints([2**62]), b.ints([1]))
-        return Saliency(b.reshape(b.reduce("ReduceMean", patches, [2], keepdims=False), -1, h, w))
+        mean = b.reduce("ReduceMean", target.patch_tokens(b), [2], keepdims=False)
+        return Saliency(b.reshape(mean, -1, *target.grid))
