@@ -54,7 +54,14 @@ def _image(shape: list[int], batch: int, seed: int = 0) -> np.ndarray:
 
 
 class Row(dict):
-    """family, source, exporter, method, form, status, detail, ratio."""
+    """family, source, name, exporter, method, form, status, detail, ratio, insert_s."""
+
+    @classmethod
+    def start(cls, entry: dict, method: str) -> Row:
+        """An empty row for one model and method."""
+        return cls(family=entry.get("family", ""), source=entry.get("source", ""), name=entry["name"],
+                   exporter=entry.get("exporter", ""), method=method, form="", status="", detail="", ratio="",
+                   insert_s="")
 
 
 def _pre_activation(model: onnx.ModelProto, output: str) -> str:
@@ -182,8 +189,7 @@ def _latency(path: Path, feeds: dict, rounds: int = 10) -> float:
 
 def check(entry: dict, cache: Path, algo: str, work: Path) -> Row:
     path = cache / entry["file"]
-    row = Row(family=entry["family"], source=entry["source"], name=entry["name"], exporter=entry["exporter"],
-              method=algo, form="", status="", detail="", ratio="", insert_s="")
+    row = Row.start(entry, algo)
     start = time.perf_counter()
     options, notes = {}, set()
     try:
@@ -264,8 +270,7 @@ def check_entry(entry: dict, cache: Path, work: Path) -> list[Row]:
     """Every method on one exported model; a missing file or a failure of xai-graph is a row, not an end."""
     rows = []
     for algo in ALGOS:
-        row = Row(family=entry["family"], source=entry["source"], name=entry["name"], exporter=entry["exporter"],
-                  method=algo, form="", status="", detail="", ratio="", insert_s="")
+        row = Row.start(entry, algo)
         folder = work / algo
         folder.mkdir(parents=True, exist_ok=True)
         try:
@@ -291,9 +296,7 @@ def run(cache: Path, only: str | None) -> list[Row]:
         if only and only not in entry["name"]:
             continue
         if "export_error" in entry:
-            rows.append(Row(family=entry.get("family", ""), source=entry.get("source", ""), name=entry["name"],
-                            exporter="", method="-", form="", status="not exported", detail=entry["export_error"],
-                            ratio="", insert_s=""))
+            rows.append(Row(Row.start(entry, "-"), status="not exported", detail=entry["export_error"]))
             continue
         with tempfile.TemporaryDirectory() as work:
             rows += check_entry(entry, cache, Path(work))
