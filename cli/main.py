@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -18,9 +22,10 @@ from xai_graph.bench import benchmark, format_table
 from xai_graph.explain import Explainer
 from xai_graph.gallery import IMAGE_FORMATS, ResultWriter
 from xai_graph.images import find_images
-from xai_graph.pipeline import explain_files
+from xai_graph.files import check_writes_spare_reads, files_read_by_model, root_cause
+from xai_graph.pipeline import RunInterrupted, explain_files
 from xai_graph.preprocess import RESIZE_TYPES, parse_triple, model_info_metadata
-from xai_graph.runtime import RUNTIMES
+from xai_graph.runtime import RUNTIMES, verify_loads
 from xai_graph.report import describe
 
 
@@ -29,31 +34,51 @@ def _note(message, category, filename, lineno, file=None, line=None) -> None:
 
 
 class _Group(click.Group):
-    """Turns library errors into one line and a non-zero exit, never a traceback."""
+    """Turns errors into one line and a non-zero exit, never a traceback (unless --debug asks for it).
+
+    Exit codes: 1 an error the user can fix (bad input, permissions, a full disk), 2 an internal
+    error, 3 some images failed (explain), 130 interrupted (SIGINT or SIGTERM).
+    """
 
     def invoke(self, ctx):
         warnings.showwarning = _note
+        signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up as Ctrl-C does
+        debug = ctx.params.get("debug") or os.environ.get("XAI_GRAPH_DEBUG", "") not in ("", "0")
         try:
             return super().invoke(ctx)
+        except RunInterrupted as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(130)
         except XaiGraphError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted; nothing was written", err=True)
+            click.echo("interrupted; no output was left half-written", err=True)
             sys.exit(130)
         except BrokenPipeError:  # the reader went away (`| head`): nothing to report
             sys.exit(0)
+        except OSError as exc:  # permissions, a read-only file system, a full disk: the user's to fix
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or root_cause(exc)}", err=True)
+            sys.exit(1)
         except Exception as exc:  # a bug: still one line, and say where to report it
-            click.echo(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                       "please report it with the model", err=True)
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: internal error ({type(exc).__name__}: {root_cause(exc)}); please report it with the "
+                       "model (run with --debug or XAI_GRAPH_DEBUG=1 for the traceback)", err=True)
             sys.exit(2)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(xai_graph.__version__, prog_name="xai-graph")
-def main():
+@click.option("--debug", is_flag=True, help="Print the traceback of an internal error (also XAI_GRAPH_DEBUG=1).")
+def main(debug):
     """Saliency-map heads inside ONNX and OpenVINO IR models: insert them, inspect models, explain images,
     benchmark the cost."""
 
@@ -108,8 +133,12 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
     if from_ir and (out_format == "onnx" or (output is not None and output.suffix != ".xml")):
         raise XaiGraphError("an OpenVINO IR is rewritten as IR: write to OUT.xml (there is no way back to ONNX)")
     output = output or model.with_name(model.stem + ("_xai.xml" if out_format == "ir" else "_xai.onnx"))
-    if output.exists() and model.exists() and output.resolve() == model.resolve():
-        raise XaiGraphError(f"{output}: refusing to overwrite the input model; choose another output path")
+    if output.suffix not in (".onnx", ".xml"):
+        raise XaiGraphError(f"{output}: the output must end with .onnx (ONNX) or .xml (OpenVINO IR)")
+    if out_format == "ir" and output.suffix != ".xml":
+        raise XaiGraphError(f"{output}: --format ir writes OUT.xml (and OUT.bin)")
+    writes = [output, output.with_suffix(".bin")] if out_format == "ir" else [output, Path(f"{output}.data")]
+    check_writes_spare_reads(writes, files_read_by_model(model) + ([labels] if labels else []))
     start = time.perf_counter()
     label_list = labels.read_text().splitlines() if labels else None
     preprocessing = model_info_metadata(labels=[x for x in label_list if x.strip()] if label_list else None,
@@ -121,10 +150,10 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
                               num_classes=num_classes, det_score=det_score, map_size=_hw(map_size),
                               background=background, scores=scores,
                               check=False)  # save_model checks the written file
-    if out_format == "ir":
-        xai_graph.save_ir(result, output, compress_fp16=compress_fp16)
+    if out_format == "ir":  # written only once its runtime has loaded it
+        xai_graph.save_ir(result, output, compress_fp16=compress_fp16, verify=verify_loads)
     else:
-        xai_graph.save_model(result, output)
+        xai_graph.save_model(result, output, verify=verify_loads)
     summary = xai_graph.head_summary(result)
     cost = f"; {summary['cost']}" if summary["cost"] else ""
     click.echo(f"{output}: {summary['method']} on '{summary['target']}', saliency_map {summary['shape']} "
@@ -198,9 +227,11 @@ def _pair(text: str | None, option: str, form: str) -> tuple[int, int] | None:
         return None
     try:
         first, second = (int(v) for v in text.lower().split("x"))
-        return first, second
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected {form}, e.g. 224x224", param_hint=option) from None
+    if first < 1 or second < 1:
+        raise click.BadParameter(f"{text!r}: both sides must be at least 1 pixel", param_hint=option)
+    return first, second
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -225,10 +256,11 @@ def _hw(text: str | None) -> tuple[int, int] | None:
 @click.option("--classes", default="predicted", show_default=True,
               help="Maps to render: 'predicted' (top-1, or those over 0.5 for multi-label), 'all', or ids/labels "
                    "separated by commas.")
-@click.option("--top-k", default=5, show_default=True, help="Predictions listed per image.")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1), help="Predictions listed per image.")
 @click.option("--overlay-alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Weight of the map in the overlay: image * (1 - A) + map * A.")
-@click.option("--raw", is_flag=True, help="Float32 maps: also written as .npy.")
+@click.option("--raw", is_flag=True, help="Also write each map as .npy, as the head outputs it (float32 from a --raw "
+              "head, uint8 otherwise); instrumenting on the fly, build a float32 head.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--size", help="Input size WxH, for models whose input size is dynamic.")
 @click.option("--mean", help="Mean per channel (overrides the model's metadata).")
@@ -239,29 +271,37 @@ def _hw(text: str | None) -> tuple[int, int] | None:
               help="Detectors with final detections: the score from which boxes are drawn and their classes rendered.")
 @click.option("--image-format", type=click.Choice(IMAGE_FORMATS), default="png", show_default=True,
               help="Format of the maps and overlays (jpg encodes several times faster).")
-@click.option("--overwrite", is_flag=True, help="Replace files of an earlier run instead of adding new names.")
+@click.option("--overwrite", is_flag=True, help="Replace map and overlay files of an earlier run instead of adding "
+              "new names (predictions.json and index.html always list every run's images).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def explain(model, inputs, outdir, runtime, device, precision, algo, classes, top_k, overlay_alpha, raw, batch_size, size,
-            mean, std, bgr, resize, box_threshold, image_format, overwrite, quiet):
+def explain(model, inputs, outdir, runtime, device, precision, algo, classes, top_k, overlay_alpha, raw, batch_size,
+            size, mean, std, bgr, resize, box_threshold, image_format, overwrite, quiet):
     """Explain images with MODEL (.onnx, or an instrumented OpenVINO .xml): a saliency map and an overlay per
     image and class, predictions.json and index.html in OUTDIR. Exit code 3 when some images failed (they are
     listed in predictions.json)."""
     paths = find_images(list(inputs))
     if not paths:
         raise XaiGraphError(f"no images found in {', '.join(inputs)}")
+    model_files = files_read_by_model(model)
     overrides = {"mean": parse_triple(mean) if mean else None, "scale": parse_triple(std) if std else None,
                  "rgb": None if bgr is None else not bgr, "resize": resize}
     with Explainer(model, runtime=runtime, device=device, algo=algo, classes=classes, top_k=top_k, raw=raw,
                    size=_size(size), box_threshold=box_threshold, precision=precision, **overrides) as explainer:
         if explainer.instrumented_here:
             click.echo(f"{model} has no saliency_map: instrumented on the fly with {explainer.algo}", err=True)
-        writer = ResultWriter(outdir, overwrite=overwrite, alpha=overlay_alpha, raw=raw, image_format=image_format)
-        show_bar = not quiet and len(paths) > 3
-        with click.progressbar(length=len(paths), label="explaining", file=sys.stderr,
-                               hidden=not show_bar) as bar:
-            summary = explain_files(explainer, paths, writer, batch_size=batch_size, progress=bar.update)
+        with ResultWriter(outdir, overwrite=overwrite, alpha=overlay_alpha, raw=raw, image_format=image_format,
+                          protected=[*model_files, *paths]) as writer:
+            show_bar = not quiet and len(paths) > 3
+            bar = click.progressbar(length=len(paths), label="explaining", file=sys.stderr) if show_bar else None
+            with bar or contextlib.nullcontext():
+                summary = explain_files(explainer, paths, writer, batch_size=batch_size,
+                                        progress=bar.update if bar else None)
     click.echo(f"{summary.images - summary.failed}/{summary.images} images explained "
                f"({summary.images_per_second:.1f} images/s); open {summary.index}")
+    if summary.not_rendered:
+        click.echo(f"note: for {summary.not_rendered} image(s) some --classes have no map: the model's head keeps "
+                   "maps for each image's best classes only (not_rendered in predictions.json); insert it with "
+                   "--classes all for every class", err=True)
     if summary.failed:
         click.echo(f"{summary.failed} failed: see {summary.predictions}", err=True)
         sys.exit(3)
@@ -273,8 +313,9 @@ def explain(model, inputs, outdir, runtime, device, precision, algo, classes, to
               help="Algorithms to measure (repeatable) [default: all].")
 @click.option("--runtime", type=click.Choice([*RUNTIMES, "both"]), default="both", show_default=True)
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--threads", type=int, help="Inference threads (default: the runtime's own choice).")
-@click.option("--rounds", default=30, show_default=True, help="Interleaved rounds: one call per variant each.")
+@click.option("--threads", type=click.IntRange(1), help="Inference threads (default: the runtime's own choice).")
+@click.option("--rounds", default=30, show_default=True, type=click.IntRange(1),
+              help="Interleaved rounds: one call per variant each.")
 @click.option("--size", help="Input size WxH, for models whose input size is dynamic.")
 @click.option("--classes", "class_maps", default="all", show_default=True, metavar="all|topk:N",
               help="Recipro-CAM maps for all classes or each image's N best.")
@@ -289,6 +330,8 @@ def bench(model, algos, runtime, batches, threads, rounds, size, class_maps, as_
         batch_sizes = [int(b) for b in batches.split(",")]
     except ValueError:
         raise click.BadParameter(f"{batches!r}: expected comma-separated integers", param_hint="--batch") from None
+    if min(batch_sizes) < 1:
+        raise click.BadParameter(f"{batches!r}: batch sizes start at 1", param_hint="--batch")
     runtimes = list(RUNTIMES) if runtime == "both" else [runtime]
     rows, skipped = benchmark(model, list(algos) or xai_graph.algorithms(), runtimes, batch_sizes, size=_size(size),
                               threads=threads, rounds=rounds, top_k=_top_k(class_maps))
@@ -310,8 +353,7 @@ def demo(outdir, runtime):
     instrumented = outdir / "efficientnet_lite0_xai.onnx"
     xai_graph.save_model(xai_graph.insert(model, "classwisesaliencymap", top_k=5, check=False), instrumented)
     click.echo(f"instrumented {model.name} with Recipro-CAM (maps for each image's 5 best classes) -> {instrumented}")
-    with Explainer(instrumented, runtime=runtime) as explainer:
-        writer = ResultWriter(outdir, overwrite=True)
+    with Explainer(instrumented, runtime=runtime) as explainer, ResultWriter(outdir, overwrite=True) as writer:
         summary = explain_files(explainer, find_images([str(samples / "images")]), writer)
     for record in sorted(writer.records.values(), key=lambda r: r["image"]):
         if record["top"]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from xai_graph.errors import XaiGraphError
+from xai_graph.files import TEMP_PREFIX, scratch_folder
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.io import load_model, save_model
 from xai_graph.graph.openvino_ir import read_ir
@@ -170,8 +171,8 @@ def benchmark(model: str | os.PathLike, algos: list[str], runtimes: list[str], b
     An OpenVINO IR runs in OpenVINO only."""
     if Path(model).suffix == ".xml":
         runtimes = ["openvino"]
-    with tempfile.TemporaryDirectory(prefix="xai-graph-bench-") as folder:
-        variants, skipped = prepare_variants(Path(model), algos, Path(folder), top_k=top_k)
+    with scratch_folder(Path(tempfile.gettempdir()), TEMP_PREFIX) as folder:  # removed after a kill -9 too
+        variants, skipped = prepare_variants(Path(model), algos, folder, top_k=top_k)
         rows = [row for runtime in runtimes for batch in batches
                 for row in measure(variants, runtime, batch, size, threads, rounds)]
         return rows, skipped

@@ -7,11 +7,11 @@ writing files live in `xai_graph.render` and `xai_graph.gallery`.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 from pathlib import Path
 
@@ -19,6 +19,8 @@ import numpy as np
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
+from xai_graph.files import TEMP_PREFIX, scratch_folder
+from xai_graph.graph.runnable import check_input_dims
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.io import load_model, save_model
 from xai_graph.detections import Detection, find_layout, read_detections, to_image
@@ -51,6 +53,7 @@ class Explanation:
     image_shape: tuple[int, ...]
     map_classes: list[int] | None = None  # top-k heads: the class of each row of `saliency`
     detections: list[Detection] | None = None  # detectors with final detections in their outputs
+    not_rendered: list[ClassScore] = field(default_factory=list)  # asked for, but the top-k head has no map
 
     @property
     def class_wise(self) -> bool:
@@ -179,9 +182,7 @@ class Explainer:
             if not class_wise or (num_classes is not None and top_k is not None and top_k >= num_classes):
                 top_k = None
         model = insert(model, algo, raw=raw, top_k=top_k, check=False)  # save_model checks the written file
-        folder = Path(tempfile.mkdtemp(prefix="xai-graph-"))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
-        return model, save_model(model, folder / "instrumented.onnx"), True
+        return model, save_model(model, self._scratch() / "instrumented.onnx"), True
 
     def _instrumented_ir(self, source: Path, algo: str | None, raw: bool) -> tuple[Path, bool]:
         """The IR itself where it has a head, else a copy instrumented (natively, full maps) in a temporary folder."""
@@ -189,9 +190,15 @@ class Explainer:
         if SALIENCY_MAP in {name for port in plain.outputs for name in port.get_names()}:
             return source, False
         model = insert(plain, algo or "classwisesaliencymap", raw=raw)  # the IR read once, not twice
-        folder = Path(tempfile.mkdtemp(prefix="xai-graph-"))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
-        return save_model(model, folder / "instrumented.xml"), True
+        return save_model(model, self._scratch() / "instrumented.xml"), True
+
+    def _scratch(self) -> Path:
+        """A temporary folder for the instrumented copy: removed on close, at exit, on SIGINT/SIGTERM (the CLI
+        turns both into KeyboardInterrupt), and after a kill -9 by the next Explainer."""
+        stack = contextlib.ExitStack()
+        folder = stack.enter_context(scratch_folder(Path(tempfile.gettempdir()), TEMP_PREFIX))
+        self._cleanup = weakref.finalize(self, stack.close)
+        return folder
 
     def _preprocessing(self, dims: list[int | None], size, overrides) -> tuple[Preprocessing, int | None]:
         if len(dims) != 4:
@@ -199,7 +206,11 @@ class Explainer:
         layout = "NHWC" if dims[3] in (1, 3) and dims[1] not in (1, 3) else "NCHW"
         height, width = (dims[1], dims[2]) if layout == "NHWC" else (dims[2], dims[3])
         if size:
+            if (width, height) not in ((None, None), size):
+                raise XaiGraphError(f"--size {size[0]}x{size[1]}: input '{self.input_name}' is fixed at "
+                                    f"{width or '?'}x{height or '?'} (WxH); --size is for inputs of dynamic size")
             width, height = size
+            check_input_dims(self.input_name, [1, 3, height, width])
         if not width or not height:
             raise XaiGraphError(f"input '{self.input_name}' has a dynamic size; pass --size WxH")
         base = Preprocessing(width=width, height=height, layout=layout)
@@ -255,7 +266,7 @@ class Explainer:
         order = np.argsort(-probabilities, kind="stable")
         as_class = lambda i: ClassScore(int(i), self.label(int(i)), float(probabilities[i]))  # noqa: E731
         top = [as_class(i) for i in order[:self.top_k]]
-        selected = []
+        selected, not_rendered = [], []
         map_classes = None if output.map_classes is None else [int(c) for c in output.map_classes]
         detections = None
         if output.detections is not None:
@@ -265,9 +276,12 @@ class Explainer:
             if detections and self.class_selection == "predicted":  # the classes that were detected
                 chosen = list(dict.fromkeys(d.class_id for d in detections))
             if map_classes is not None:  # a top-k head has maps for its k classes only
+                if self.class_selection != "all":
+                    not_rendered = [as_class(c) for c in chosen if c not in map_classes]
                 chosen = map_classes if self.class_selection == "all" else [c for c in chosen if c in map_classes]
             selected = [as_class(i) for i in chosen]
-        return Explanation(top, selected, output.saliency, placement, tuple(image_shape), map_classes, detections)
+        return Explanation(top, selected, output.saliency, placement, tuple(image_shape), map_classes, detections,
+                           not_rendered)
 
     @property
     def multilabel(self) -> bool:

@@ -10,12 +10,14 @@ ever visible.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 import re
-import tempfile
 import threading
+import weakref
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -23,10 +25,13 @@ import numpy as np
 
 from xai_graph.errors import XaiGraphError
 from xai_graph.explain import Explanation
+from xai_graph.files import (FolderLock, check_writes_spare_reads, inode, remove_stale_parts, staged_file,
+                             write_atomically)
 from xai_graph.render import colorize, map_to_image, overlay, render_size, scale_raw, to_uint8
 
 PREDICTIONS = "predictions.json"
 INDEX = "index.html"
+JOURNAL = ".xai-graph-journal.jsonl"  # records not yet in predictions.json (a killed run's, read by the next)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 IMAGE_FORMATS = ("png", "jpg")
 
@@ -38,10 +43,16 @@ def safe_name(text: str, limit: int = 80) -> str:
 
 
 class ResultWriter:
-    """Collects results for one output folder; thread-safe, so rendering can run in a pool."""
+    """Collects results for one output folder; thread-safe, so rendering can run in a pool.
+
+    It locks the folder for its life (one run per folder), and keeps every record: those of
+    earlier runs (predictions.json, and the journal a killed run left), and each new one, appended
+    to the journal as soon as its files are written, so that even a kill -9 loses no record.
+    Input files (`protected`) are never replaced, even with `overwrite`.
+    """
 
     def __init__(self, outdir: str | os.PathLike, overwrite: bool = False, alpha: float = 0.5, raw: bool = False,
-                 image_format: str = "png"):
+                 image_format: str = "png", protected: Iterable[Path] = ()):
         if image_format not in IMAGE_FORMATS:
             raise XaiGraphError(f"unknown image format {image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}")
         self.ext = image_format
@@ -51,16 +62,50 @@ class ResultWriter:
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.root = self.outdir.resolve()
         self.overwrite, self.alpha, self.raw = overwrite, alpha, raw
+        self.protected = {key for key in map(inode, protected) if key is not None}
+        check_writes_spare_reads([self.root / PREDICTIONS, self.root / INDEX, self.root / JOURNAL], protected)
         self._lock = threading.Lock()
         self._claimed: set[Path] = set()
+        self._folder_lock = FolderLock(self.root).__enter__()
+        self._release = weakref.finalize(self, self._folder_lock.__exit__)
+        remove_stale_parts(self.root)
         self.records: dict[str, dict] = self._previous_records()
+        self._journal = open(self.root / JOURNAL, "a")  # noqa: SIM115 (open for the writer's life)
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the folder (the journal stays until `finish` has written predictions.json)."""
+        if not self._journal.closed:
+            self._journal.close()
+        self._release()
 
     def _previous_records(self) -> dict[str, dict]:
+        records = {}
         try:
-            previous = json.loads((self.outdir / PREDICTIONS).read_text())
-            return {r["image"]: r for r in previous.get("images", [])}
+            previous = json.loads((self.root / PREDICTIONS).read_text())
+            records = {r["image"]: r for r in previous.get("images", [])}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}
+            pass
+        try:  # records a killed run wrote after its last predictions.json: newer, so they win
+            for line in (self.root / JOURNAL).read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    record = json.loads(line)
+                    records[record["image"]] = record
+        except OSError:
+            pass
+        return records
+
+    def _keep(self, record: dict) -> None:
+        with self._lock:
+            self.records[record["image"]] = record
+            if not self._journal.closed:
+                self._journal.write(json.dumps(record) + "\n")
+                self._journal.flush()
 
     # -- files -------------------------------------------------------------------
     def _target(self, name: str) -> Path:
@@ -70,16 +115,15 @@ class ResultWriter:
         return path
 
     def _write(self, name: str, data: bytes) -> str:
-        """Write `data` under `name`, or `name-1`, `name-2`... where it exists and overwriting is off."""
+        """Write `data` under `name`, or `name-1`, `name-2`... where it exists and overwriting is off (or the
+        file there is an input)."""
         stem, suffix = os.path.splitext(name)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+        tmp = staged_file(self.root, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
             for n in range(10_000):
                 path = self._target(f"{stem}-{n}{suffix}" if n else name)
                 with self._lock:
-                    if path in self._claimed:
+                    if path in self._claimed or inode(path) in self.protected:
                         continue
                     if self.overwrite:
                         os.replace(tmp, path)
@@ -103,10 +147,12 @@ class ResultWriter:
 
     # -- results -----------------------------------------------------------------
     def add(self, image_path: Path, image: np.ndarray, explanation: Explanation, input_size: tuple[int, int]) -> dict:
-        """Render and write the maps of one image (as decoded: the placement refers to it)."""
+        """Render and write the maps of one image: `image` as decoded (the placement refers to it), or already
+        shrunk to its render size (`display_image`), which holds less memory while it waits."""
         stem = safe_name(image_path.stem)
-        size = render_size(image.shape)
-        shown = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != image.shape[1::-1] else image
+        decoded_shape = explanation.image_shape
+        size = render_size(decoded_shape)
+        shown = display_image(image, decoded_shape)
         files = [self._write_image(f"{stem}_image.jpg", shown)]
         targets = [(c.id, c.label) for c in explanation.selected] if explanation.class_wise else [(None, None)]
         for class_id, label in targets:
@@ -114,21 +160,22 @@ class ResultWriter:
             if self.raw:
                 files.append(self._write_npy(f"{stem}{_part(class_id, label)}_saliency_map.npy", saliency))
                 saliency = scale_raw(saliency)
-            resized, inside = map_to_image(saliency, explanation.placement, input_size, image.shape, size)
+            resized, inside = map_to_image(saliency, explanation.placement, input_size, decoded_shape, size)
             colored = colorize(to_uint8(resized))
             colored[~inside] = 0
             files.append(self._write_image(f"{stem}{_part(class_id, label)}_saliency_map.{self.ext}", colored))
             blended = overlay(shown, colored, self.alpha, inside)
             if explanation.detections:
                 draw_detections(blended, [d for d in explanation.detections if class_id is None or d.class_id == class_id],
-                                size[0] / image.shape[1])
+                                size[0] / decoded_shape[1])
             files.append(self._write_image(f"{stem}{_part(class_id, label)}_overlay.{self.ext}", blended))
         record = {"image": str(image_path), "top": [vars(c) for c in explanation.top],
                   "explained": [vars(c) for c in explanation.selected], "files": files, "error": None}
         if explanation.detections is not None:
             record["detections"] = [vars(d) for d in explanation.detections]
-        with self._lock:
-            self.records[str(image_path)] = record
+        if explanation.not_rendered:  # asked for with --classes, but the head has maps for its top k only
+            record["not_rendered"] = [vars(c) for c in explanation.not_rendered]
+        self._keep(record)
         return record
 
     def _write_npy(self, name: str, array: np.ndarray) -> str:
@@ -140,24 +187,28 @@ class ResultWriter:
 
     def fail(self, image_path: Path, error: str) -> dict:
         record = {"image": str(image_path), "top": [], "explained": [], "files": [], "error": error}
-        with self._lock:
-            self.records[str(image_path)] = record
+        self._keep(record)
         return record
 
     def finish(self, summary: dict) -> tuple[Path, Path]:
-        """Write predictions.json and index.html (both replaced atomically: they index the folder)."""
-        records = sorted(self.records.values(), key=lambda r: r["image"])  # stable, whatever finished first
+        """Write predictions.json and index.html (both replaced atomically: they index the folder, every run's
+        records included), then drop the journal they now contain."""
+        with self._lock:
+            records = sorted(self.records.values(), key=lambda r: r["image"])  # stable, whatever finished first
         predictions = {**summary, "images": records}
-        json_path = self._replace(PREDICTIONS, json.dumps(predictions, indent=2).encode())
-        html_path = self._replace(INDEX, gallery_html(predictions).encode())
+        json_path = write_atomically(self.root / PREDICTIONS, json.dumps(predictions, indent=2).encode())
+        html_path = write_atomically(self.root / INDEX, gallery_html(predictions).encode())
+        with self._lock:
+            self._journal.close()
+            with contextlib.suppress(OSError):
+                (self.root / JOURNAL).unlink()
         return json_path, html_path
 
-    def _replace(self, name: str, data: bytes) -> Path:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.root / name)
-        return self.root / name
+
+def display_image(image: np.ndarray, decoded_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The image at the size it is rendered at (an image already at that size is returned as is)."""
+    size = render_size(decoded_shape or image.shape)
+    return image if image.shape[1::-1] == size else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 BOX_COLOUR = (255, 255, 255)  # BGR: white, with a black outline, readable over any JET colour

@@ -7,7 +7,10 @@ most a few batches are in flight, so memory stays bounded whatever the folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -18,8 +21,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from xai_graph.errors import XaiGraphError
 from xai_graph.explain import Explainer
-from xai_graph.gallery import ResultWriter
+from xai_graph.files import root_cause
+from xai_graph.gallery import ResultWriter, display_image
 from xai_graph.images import ImageError, read_image
 from xai_graph.preprocess import Placement
 
@@ -32,6 +37,7 @@ class Loaded(NamedTuple):
     tensor: np.ndarray | None = None
     placement: Placement | None = None
     error: str | None = None
+    shape: tuple[int, ...] | None = None  # of the image as decoded
 
 
 @dataclass
@@ -41,6 +47,7 @@ class RunSummary:
     seconds: float
     predictions: Path
     index: Path
+    not_rendered: int = 0  # images with classes asked for that the (top-k) head has no map for
 
     @property
     def images_per_second(self) -> float:
@@ -58,18 +65,34 @@ def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: in
         yield pending.popleft().result()
 
 
+class RunInterrupted(XaiGraphError):
+    """SIGINT or SIGTERM stopped the run; what was done is written and indexed."""
+
+    def __init__(self, summary: RunSummary, written: int):
+        super().__init__(f"interrupted: {written} of {summary.images} images written to {summary.index.parent}; "
+                         f"{summary.predictions.name} and {summary.index.name} list them")
+        self.summary, self.written = summary, written
+
+
 def explain_files(explainer: Explainer, paths: list[Path], writer: ResultWriter, batch_size: int = 8,
                   workers: int | None = None, progress: Callable[[int], None] | None = None) -> RunSummary:
-    """Explain every file; a file that fails is recorded in the writer and the run goes on."""
+    """Explain every file; a file that fails is recorded in the writer and the run goes on.
+
+    On KeyboardInterrupt (SIGINT, or SIGTERM where the caller turns it into one) the images in
+    flight are finished, the rest dropped, predictions.json and index.html written for what is
+    done, and `RunInterrupted` raised.
+    """
     batch_size = explainer.max_batch or max(1, batch_size)
     workers = workers or min(8, (os.cpu_count() or 2))
     start = time.perf_counter()
+    written = [0]
 
     def load(path: Path) -> Loaded:
         try:
             image = read_image(path)
             tensor, placement = explainer.preprocessing(image)
-            return Loaded(path, image, tensor, placement)
+            # Held until rendered: at display size (at most MAX_RENDER_SIDE), not as decoded (up to 4096).
+            return Loaded(path, display_image(image), tensor, placement, shape=image.shape)
         except ImageError as exc:
             return Loaded(path, error=str(exc))
         except Exception as exc:  # an odd file must not stop the run
@@ -78,42 +101,73 @@ def explain_files(explainer: Explainer, paths: list[Path], writer: ResultWriter,
     def render(path, image, explanation):
         try:
             writer.add(path, image, explanation, explainer.input_size)
+            written[0] += 1
         except Exception as exc:  # a full disk for one image is recorded, the run goes on
-            writer.fail(path, f"cannot write the results ({type(exc).__name__}: {exc})")
+            writer.fail(path, f"cannot write the results ({root_cause(exc)})")
 
-    with ThreadPoolExecutor(workers) as pool:
-        renders: deque[Future] = deque()
-        batch: list[Loaded] = []
+    pool = ThreadPoolExecutor(workers)
+    interrupted = False
+    try:
+        _run(explainer, paths, writer, pool, load, render, batch_size, progress)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        with _signals_held():  # a second Ctrl-C must not cut the index short
+            pool.shutdown(wait=True, cancel_futures=True)
+            elapsed = time.perf_counter() - start
+            summary = {"model": str(explainer.source), "algorithm": explainer.algo, "runtime": explainer.runtime,
+                       "input_size": list(explainer.input_size), "overlay_alpha": writer.alpha}
+            if interrupted:
+                summary["interrupted"] = True
+            predictions, index = writer.finish(summary)
+    records = [writer.records.get(str(p), {}) for p in paths]
+    result = RunSummary(len(paths), sum(1 for r in records if r.get("error")), elapsed, predictions, index,
+                        sum(1 for r in records if r.get("not_rendered")))
+    if interrupted:
+        raise RunInterrupted(result, written[0])
+    return result
 
-        def flush():
-            outputs = explainer.run([item.tensor for item in batch])
-            for item, output in zip(batch, outputs):
-                explanation = explainer.describe(output, item.placement, item.image.shape)
-                renders.append(pool.submit(render, item.path, item.image, explanation))
-            batch.clear()
-            while len(renders) > 2 * batch_size:  # bound the images held for rendering
-                _finish(renders.popleft(), progress)
 
-        for item in _prefetch(pool, load, paths, depth=2 * batch_size):
-            if item.error is not None:
-                writer.fail(item.path, item.error)
-                if progress:
-                    progress(1)
-                continue
-            batch.append(item)
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
-        while renders:
+def _run(explainer, paths, writer, pool, load, render, batch_size, progress) -> None:
+    renders: deque[Future] = deque()
+    batch: list[Loaded] = []
+
+    def flush():
+        outputs = explainer.run([item.tensor for item in batch])
+        for item, output in zip(batch, outputs):
+            explanation = explainer.describe(output, item.placement, item.shape)
+            renders.append(pool.submit(render, item.path, item.image, explanation))
+        batch.clear()
+        while len(renders) > 2 * batch_size:  # bound the images held for rendering
             _finish(renders.popleft(), progress)
 
-    elapsed = time.perf_counter() - start
-    failed = sum(1 for p in paths if writer.records.get(str(p), {}).get("error"))
-    summary = {"model": str(explainer.source), "algorithm": explainer.algo, "runtime": explainer.runtime,
-               "input_size": list(explainer.input_size), "overlay_alpha": writer.alpha}
-    predictions, index = writer.finish(summary)
-    return RunSummary(len(paths), failed, elapsed, predictions, index)
+    for item in _prefetch(pool, load, paths, depth=2 * batch_size):
+        if item.error is not None:
+            writer.fail(item.path, item.error)
+            if progress:
+                progress(1)
+            continue
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    while renders:
+        _finish(renders.popleft(), progress)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Defer SIGINT and SIGTERM (main thread only) while the run's records are written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _finish(future: Future, progress) -> None:

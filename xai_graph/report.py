@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import onnx_ir as ir
@@ -12,6 +13,7 @@ from xai_graph.graph.analysis import shape_text
 from xai_graph.graph.detection import find_class_heads
 from xai_graph.graph.io import load_model
 from xai_graph.graph.openvino_ir import Mirror, read_ir
+from xai_graph.graph.opset import with_opset_at_least
 from xai_graph.graph.targets import find_target
 from xai_graph.graph.transformer import find_transformer
 from xai_graph.head import MAX_COST, rerun_cost
@@ -55,6 +57,14 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
         outputs=[_describe_value(v) for v in graph.outputs],
         metadata=dict(model.metadata_props),
     )
+    try:  # insert raises an old opset first: where that fails, so does every method
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = with_opset_at_least(model)
+    except XaiGraphError as exc:
+        report.reason = str(exc)
+        report.algorithms = {cls.algo: f"no: {exc}" for cls in methods_for_task("classification")}
+        return report
     detector = None if target_layer or scores else find_class_heads(model, heads)
     if detector is not None:
         report.task, report.reason = "detection", detector.reason

@@ -7,9 +7,13 @@ f32 is requested explicitly: comparisons with ONNX Runtime need it.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
+
+from xai_graph.errors import XaiGraphError
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -58,3 +62,50 @@ def open_model(path: str | os.PathLike, runtime: str = "onnxruntime", **options)
     if runtime == "openvino":
         return OpenVinoModel(path, **options)
     raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+
+
+def load_refusal(path: str | os.PathLike, runtime: str) -> str | None:
+    """Why `runtime` refuses to load (compile) `path`, in one line; None when it accepts. Nothing runs."""
+    try:
+        if runtime == "onnxruntime":
+            OnnxRuntimeModel(path, threads=1)
+        else:
+            import openvino as ov
+
+            core = ov.Core()
+            core.compile_model(core.read_model(str(path)), "CPU")
+    except Exception as exc:
+        return runtime_message(exc)
+    return None
+
+
+def runtime_message(exc: BaseException) -> str:
+    """A runtime's error as one readable line: source locations, C++ signatures and wrappers removed.
+
+    ONNX Runtime writes "[ONNXRuntimeError] : 1 : FAIL : Load model from X failed:/src/file.h:46 void f(...) cause";
+    OpenVINO writes "Exception from src/...:84:" and "Check '...' failed at ...:" lines before the cause.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    text = " ".join(lines) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"(failed:)?\s*/\S+\.(?:h|cc|cpp):\d+ [^(]*\(.*?\) ", r"\1 ", text)
+    return text[:600]
+
+
+_TITLES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def verify_loads(path: str | os.PathLike) -> None:
+    """Refuse a written model that its runtime cannot load (ONNX Runtime for .onnx, OpenVINO for .xml).
+
+    An ONNX model that OpenVINO cannot compile is kept, with a warning: ONNX Runtime users can still run it.
+    """
+    required = "openvino" if str(path).endswith(".xml") else "onnxruntime"
+    why = load_refusal(path, required)
+    if why:
+        raise XaiGraphError(f"{_TITLES[required]} cannot load the result, so nothing was written: {why}")
+    if required == "onnxruntime":
+        why = load_refusal(path, "openvino")
+        if why:
+            warnings.warn(f"OpenVINO cannot compile the result ({why}); run it with ONNX Runtime", stacklevel=2)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -18,9 +16,14 @@ import onnx_ir as ir
 from onnx_ir import external_data as ir_external_data
 
 from xai_graph.errors import XaiGraphError
+from xai_graph.graph.runnable import check_runnable
+from xai_graph.files import check_writes_spare_reads, files_read_by_model, root_cause, scratch_folder
 
 # Names of the intermediate values whose shapes the source file declared (its value_info).
 SOURCE_ANNOTATIONS = "xai_graph.source_annotations"
+
+# The files a loaded model was read from: its .onnx and its external data files.
+READS = "xai_graph.reads"
 
 # A protobuf cannot exceed 2 GiB; beyond this, weights must go to a .data file.
 _PROTO_LIMIT_BYTES = 2**31 - 2**24
@@ -51,10 +54,12 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         onnx.checker.check_model(str(path) if external else proto)
     except Exception as exc:
         raise XaiGraphError(f"{path}: invalid ONNX model ({_one_line(exc)})") from None
+    check_runnable(proto)
     model = ir.serde.deserialize_model(_with_inferred_shapes(proto))
     model.meta[SOURCE_ANNOTATIONS] = frozenset(v.name for v in proto.graph.value_info)
     ir_external_data.set_base_dir(model.graph, str(path.parent))
     model.meta["xai_graph.source"] = str(path.resolve())
+    model.meta[READS] = files_read_by_model(path)  # a later save must not write over any of them
     model.meta["xai_graph.external_data"] = external
     return model
 
@@ -197,27 +202,30 @@ def to_ir(model: ir.Model | onnx.ModelProto | str | os.PathLike) -> ir.Model:
     return load_model(model)
 
 
-def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
+               verify=None) -> Path:
     """Write `model` to `path` atomically and check the written file (an `openvino.Model`: as IR, `save_ir`).
 
     Weights go to `<name>.data` beside the model when the source had external data,
     when asked, or when the model would exceed the protobuf limit. The data file is
     always a fresh one named after the output: links back into the source's data
-    file would make a model that loads nowhere else.
+    file would make a model that loads nowhere else. Neither may be a file the
+    model was read from. `verify(staged_path)` may refuse the written file (raise)
+    before it is moved into place.
     """
     if not isinstance(model, ir.Model):  # an openvino.Model, from `insert` on IR
-        return save_ir(model, path)
+        return save_ir(model, path, verify=verify)
     path = Path(path)
-    source = model.meta.get("xai_graph.source")
-    if source and path.exists() and os.path.samefile(path, source):
-        raise XaiGraphError(f"{path}: refusing to overwrite the input model; choose another output path")
+    data_name = path.name + ".data"
+    check_writes_spare_reads([path, path.parent / data_name], model.meta.get(READS, []))
     if external_data is None:
         external_data = bool(model.meta.get("xai_graph.external_data")) or _estimated_bytes(model) > _PROTO_LIMIT_BYTES
-    data_name = path.name + ".data"
     with _staging(path, "the model") as staging, _source_annotations_only(model):
         staged = staging / path.name
         ir.save(model, staged, external_data=data_name if external_data else None)
         onnx.checker.check_model(str(staged))
+        if verify:
+            verify(staged)
         if external_data:
             os.replace(staging / data_name, path.parent / data_name)
         os.replace(staged, path)
@@ -248,32 +256,33 @@ def _source_annotations_only(model: ir.Model):
 
 @contextlib.contextmanager
 def _staging(path: Path, what: str):
-    """A temporary folder beside `path` to write into before files are moved into place; always removed.
+    """A scratch folder beside `path` to write into before files are moved into place; always removed
+    (a killed run's, by the next run).
 
-    Any failure inside becomes one XaiGraphError naming `path`, and leaves nothing behind.
+    Any failure inside becomes one XaiGraphError naming `path` and the root cause (a full disk, a read-only
+    file system), and leaves nothing behind.
     """
     if not path.parent.is_dir():
         raise XaiGraphError(f"{path.parent}: output folder does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=".xai-graph-", dir=path.parent))
     try:
-        yield staging
+        with scratch_folder(path.parent) as staging:
+            yield staging
     except XaiGraphError:
         raise
     except Exception as exc:
-        raise XaiGraphError(f"{path}: could not write {what} ({_one_line(exc)})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        raise XaiGraphError(f"{path}: could not write {what} ({root_cause(exc)})") from None
 
 
 def _estimated_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
-def save_ir(model, path: str | os.PathLike, *, compress_fp16: bool = False) -> Path:
+def save_ir(model, path: str | os.PathLike, *, compress_fp16: bool = False, verify=None) -> Path:
     """Write `model` (onnx-ir, or an `openvino.Model`) as OpenVINO IR (`.xml` + `.bin`) atomically;
     onnx-ir models are converted with `openvino.convert_model`.
 
-    Weights stay f32 unless `compress_fp16` (OpenVINO's own default would halve them).
+    Weights stay f32 unless `compress_fp16` (OpenVINO's own default would halve them);
+    `verify(staged_xml)` may refuse the written IR before it is moved into place.
     Model API entries (`model_info <key>` in the ONNX metadata) become `rt_info` under
     `model_info`, where Model API reads them; OpenVINO keeps all ONNX metadata, the
     `xai_graph.*` record included, under `rt_info/framework`.
@@ -283,6 +292,8 @@ def save_ir(model, path: str | os.PathLike, *, compress_fp16: bool = False) -> P
     path = Path(path)
     if path.suffix != ".xml":
         raise XaiGraphError(f"{path}: an OpenVINO IR path ends with .xml")
+    if isinstance(model, ir.Model):
+        check_writes_spare_reads([path, path.with_suffix(".bin")], model.meta.get(READS, []))
     with _staging(path, "OpenVINO IR") as staging:
         if isinstance(model, ir.Model):
             converted = ov.convert_model(str(save_model(model, staging / "model.onnx")))
@@ -293,6 +304,8 @@ def save_ir(model, path: str | os.PathLike, *, compress_fp16: bool = False) -> P
             converted = model
         staged = staging / path.name
         ov.save_model(converted, str(staged), compress_to_fp16=compress_fp16)
+        if verify:
+            verify(staged)
         os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
         os.replace(staged, path)
     return path

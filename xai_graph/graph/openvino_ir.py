@@ -28,6 +28,8 @@ import numpy as np
 import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
+from xai_graph.graph.runnable import check_input_dims
+from xai_graph.runtime import runtime_message
 
 MIRROR_OPSET = 21  # recipes then emit the axes-as-input forms, which map directly onto OpenVINO
 _OV_ATTR = "_ov"  # JSON of the mirrored operation's type, opset and attributes, for re-creating copies
@@ -59,10 +61,13 @@ def read_ir(path: str | os.PathLike):
         raise XaiGraphError(f"{weights}: {weights.stat().st_size} bytes, but the IR reads up to byte {needed} "
                             "(truncated, or the .bin of another model)")
     try:
-        return ov.Core().read_model(str(path))
+        model = ov.Core().read_model(str(path))
     except Exception as exc:
-        line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise XaiGraphError(f"{path}: not a readable OpenVINO IR ({line})") from None
+        raise XaiGraphError(f"{path}: not a readable OpenVINO IR ({runtime_message(exc)})") from None
+    for port in model.inputs:
+        check_input_dims(port.get_any_name(), [d.get_length() if d.is_static else None
+                                               for d in port.get_partial_shape()])
+    return model
 
 
 def _weights_extent(path: Path) -> int:
