@@ -18,15 +18,18 @@ import xai_graph
 from xai_graph.graph.opset import MIN_OPSET
 from xai_graph.errors import XaiGraphError
 from xai_graph.methods.recipro_cam import MASKS, SCORES
-from xai_graph.bench import benchmark, format_table
+from xai_graph.bench import benchmark, format_table, rounds_advice
 from xai_graph.explain import Explainer
 from xai_graph.gallery import IMAGE_FORMATS, ResultWriter
 from xai_graph.images import find_images
-from xai_graph.files import check_writes_spare_reads, files_read_by_model, root_cause
+from xai_graph.files import check_writes_spare_reads, files_read_by_model, read_small_text, root_cause
 from xai_graph.pipeline import RunInterrupted, explain_files
 from xai_graph.preprocess import RESIZE_TYPES, parse_triple, model_info_metadata
 from xai_graph.runtime import RUNTIMES, verify_loads
 from xai_graph.report import describe
+
+
+MANY_CLASSES = 20  # --classes all above this many classes asks for --yes
 
 
 def _note(message, category, filename, lineno, file=None, line=None) -> None:
@@ -42,7 +45,8 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         warnings.showwarning = _note
-        signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up as Ctrl-C does
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # clean up as Ctrl-C does
+            signal.signal(signum, _interrupt)
         debug = ctx.params.get("debug") or os.environ.get("XAI_GRAPH_DEBUG", "") not in ("", "0")
         try:
             return super().invoke(ctx)
@@ -140,7 +144,7 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
     writes = [output, output.with_suffix(".bin")] if out_format == "ir" else [output, Path(f"{output}.data")]
     check_writes_spare_reads(writes, files_read_by_model(model) + ([labels] if labels else []))
     start = time.perf_counter()
-    label_list = labels.read_text().splitlines() if labels else None
+    label_list = read_small_text(labels).splitlines() if labels else None
     preprocessing = model_info_metadata(labels=[x for x in label_list if x.strip()] if label_list else None,
                                         mean=mean, std=std, bgr=bgr, resize=resize)
     result = xai_graph.insert(model, algo, target_layer=target_layer, mask=mask, score=score, raw=raw,
@@ -256,6 +260,9 @@ def _hw(text: str | None) -> tuple[int, int] | None:
 @click.option("--classes", default="predicted", show_default=True,
               help="Maps to render: 'predicted' (top-1, or those over 0.5 for multi-label), 'all', or ids/labels "
                    "separated by commas.")
+@click.option("--yes", is_flag=True, help="Go ahead with --classes all on a model with many classes.")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="Text file, one class name per line (overrides the labels the model records).")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1), help="Predictions listed per image.")
 @click.option("--overlay-alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Weight of the map in the overlay: image * (1 - A) + map * A.")
@@ -274,8 +281,8 @@ def _hw(text: str | None) -> tuple[int, int] | None:
 @click.option("--overwrite", is_flag=True, help="Replace map and overlay files of an earlier run instead of adding "
               "new names (predictions.json and index.html always list every run's images).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def explain(model, inputs, outdir, runtime, device, precision, algo, classes, top_k, overlay_alpha, raw, batch_size,
-            size, mean, std, bgr, resize, box_threshold, image_format, overwrite, quiet):
+def explain(model, inputs, outdir, runtime, device, precision, algo, classes, yes, labels, top_k, overlay_alpha, raw,
+            batch_size, size, mean, std, bgr, resize, box_threshold, image_format, overwrite, quiet):
     """Explain images with MODEL (.onnx, or an instrumented OpenVINO .xml): a saliency map and an overlay per
     image and class, predictions.json and index.html in OUTDIR. Exit code 3 when some images failed (they are
     listed in predictions.json)."""
@@ -285,10 +292,23 @@ def explain(model, inputs, outdir, runtime, device, precision, algo, classes, to
     model_files = files_read_by_model(model)
     overrides = {"mean": parse_triple(mean) if mean else None, "scale": parse_triple(std) if std else None,
                  "rgb": None if bgr is None else not bgr, "resize": resize}
+    label_list = [x.strip() for x in read_small_text(labels).splitlines() if x.strip()] if labels else None
     with Explainer(model, runtime=runtime, device=device, algo=algo, classes=classes, top_k=top_k, raw=raw,
-                   size=_size(size), box_threshold=box_threshold, precision=precision, **overrides) as explainer:
+                   size=_size(size), box_threshold=box_threshold, precision=precision, labels=label_list,
+                   **overrides) as explainer:
+        many = explainer.num_classes or 0
+        if classes == "all" and many > MANY_CLASSES and not yes:
+            files = 2 * many * len(paths)
+            raise XaiGraphError(f"--classes all writes {many} maps and {many} overlays per image ({files} files "
+                                "here); pass --yes to go ahead, or name the classes with --classes")
         if explainer.instrumented_here:
             click.echo(f"{model} has no saliency_map: instrumented on the fly with {explainer.algo}", err=True)
+        if explainer.defaulted:
+            used = explainer.preprocessing
+            click.echo(f"note: the model records no {' or '.join(explainer.defaulted)}: using mean {used.mean}, "
+                       f"scale {used.scale}, {'RGB' if used.rgb else 'BGR'}, {used.resize} resize to "
+                       f"{used.width}x{used.height}; pass --mean/--std/--bgr if the model expects otherwise "
+                       "(recorded in predictions.json)", err=True)
         with ResultWriter(outdir, overwrite=overwrite, alpha=overlay_alpha, raw=raw, image_format=image_format,
                           protected=[*model_files, *paths]) as writer:
             show_bar = not quiet and len(paths) > 3
@@ -299,9 +319,9 @@ def explain(model, inputs, outdir, runtime, device, precision, algo, classes, to
     click.echo(f"{summary.images - summary.failed}/{summary.images} images explained "
                f"({summary.images_per_second:.1f} images/s); open {summary.index}")
     if summary.not_rendered:
-        click.echo(f"note: for {summary.not_rendered} image(s) some --classes have no map: the model's head keeps "
-                   "maps for each image's best classes only (not_rendered in predictions.json); insert it with "
-                   "--classes all for every class", err=True)
+        missing = ", ".join(f"{label} ({count} images)" for label, count in summary.not_rendered.items())
+        click.echo(f"note: no map for {missing}: the model's head keeps maps for each image's best classes only "
+                   "(not_rendered in predictions.json); insert it with --classes all for every class", err=True)
     if summary.failed:
         click.echo(f"{summary.failed} failed: see {summary.predictions}", err=True)
         sys.exit(3)
@@ -333,11 +353,68 @@ def bench(model, algos, runtime, batches, threads, rounds, size, class_maps, as_
     if min(batch_sizes) < 1:
         raise click.BadParameter(f"{batches!r}: batch sizes start at 1", param_hint="--batch")
     runtimes = list(RUNTIMES) if runtime == "both" else [runtime]
-    rows, skipped = benchmark(model, list(algos) or xai_graph.algorithms(), runtimes, batch_sizes, size=_size(size),
-                              threads=threads, rounds=rounds, top_k=_top_k(class_maps))
-    for algo, reason in skipped.items():
-        click.echo(f"skipped {algo}: {reason}", err=True)
-    click.echo(json.dumps([r.to_dict() for r in rows], indent=2) if as_json else format_table(rows))
+    printed = []
+
+    def show_skipped(skipped):
+        for algo, reason in skipped.items():
+            click.echo(f"skipped {algo}: {reason}", err=True)
+
+    def show(rows):  # each runtime and batch as soon as its interleaved rounds are done
+        if not as_json:
+            click.echo(format_table(rows, header=not printed, width=44))
+        printed.extend(rows)
+
+    rows, _ = benchmark(model, list(algos) or xai_graph.algorithms(), runtimes, batch_sizes, size=_size(size),
+                        threads=threads, rounds=rounds, top_k=_top_k(class_maps), on_rows=show,
+                        on_skipped=show_skipped)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+    advice = rounds_advice(rows, rounds)
+    if advice:
+        click.echo(f"note: {advice}", err=True)
+
+
+@main.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-i", "--input", "inputs", multiple=True, required=True,
+              help="Image, folder (recursive) or glob; repeatable.")
+@click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--boxes", type=click.Path(exists=True, path_type=Path),
+              help="Annotations for the pointing game: COCO JSON, Pascal VOC XML (file or folder) or a YOLO folder "
+                   "(.txt per image and classes.txt); matched to the images by file name.")
+@click.option("--algo", "algos", multiple=True, type=click.Choice([*xai_graph.algorithms(), "all"]),
+              default=["all"], show_default=True, help="Methods to compare (repeatable).")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
+@click.option("--steps", default=32, show_default=True, type=click.IntRange(2, 1024),
+              help="Insertion/deletion: equal steps from the image to the baseline.")
+@click.option("--baseline", type=click.Choice(("blur", "zero", "mean")), default="blur", show_default=True,
+              help="What deleted pixels become (and insertion starts from).")
+@click.option("--tolerance", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Pointing game: pixels around each box that still count as a hit.")
+@click.option("--sanity-layers", default=3, show_default=True, type=click.IntRange(0, 20),
+              help="Sanity check: re-draw the last 1..N weighted layers (0: skip).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def eval_command(model, inputs, outdir, boxes, algos, runtime, steps, baseline, tolerance, sanity_layers, quiet):
+    """Measure how good MODEL's saliency maps are: pointing game (with --boxes), insertion/deletion AUC, ADCC and
+    a model-randomisation sanity check, per method; ranks the methods. Writes metrics.json, index.html and each
+    method's gallery into OUTDIR."""
+    from xai_graph.eval_gallery import read_boxes, write_evaluation
+    from xai_graph.evaluate import EvalSettings, format_table as format_eval_table
+
+    paths = find_images(list(inputs))
+    if not paths:
+        raise XaiGraphError(f"no images found in {', '.join(inputs)}")
+    chosen = xai_graph.algorithms() if "all" in algos else list(dict.fromkeys(algos))
+    annotations = read_boxes(boxes, paths) if boxes else None
+    settings = EvalSettings(steps=steps, baseline=baseline, tolerance=tolerance, sanity_layers=sanity_layers,
+                            runtime=runtime)
+    bar = click.progressbar(length=len(paths) * len(chosen), label="evaluating", file=sys.stderr) \
+        if not quiet and len(paths) * len(chosen) > 3 else None
+    with bar or contextlib.nullcontext():
+        rows, index = write_evaluation(model, paths, outdir, chosen, settings, annotations,
+                                       progress=bar.update if bar else None)
+    click.echo(format_eval_table(rows))
+    click.echo(f"open {index}")
 
 
 @main.command()

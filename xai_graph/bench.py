@@ -48,6 +48,7 @@ class Measurement:
     peak_memory_mb: float  # peak resident memory of a process that loads and runs only this variant
     size_growth_bytes: int
     insert_seconds: float | None
+    spread: float = 0.0  # interquartile range / median of this variant's latencies: the noise it saw
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,30 +159,56 @@ def measure(variants: list[Variant], runtime: str, batch: int, size: tuple[int, 
     rows = []
     for variant, samples, mb in zip(variants, times, memory):
         median = statistics.median(samples)
-        p90 = sorted(samples)[min(len(samples) - 1, int(0.9 * len(samples)))]
+        ordered = sorted(samples)
+        p90 = ordered[min(len(samples) - 1, int(0.9 * len(samples)))]
+        spread = (ordered[(3 * len(samples)) // 4] - ordered[len(samples) // 4]) / median
         rows.append(Measurement(runtime, batch, variant.name, median * 1e3, p90 * 1e3, batch / median, median / base,
-                                mb, variant.size_growth_bytes, variant.insert_seconds))
+                                mb, variant.size_growth_bytes, variant.insert_seconds, spread))
     return rows
+
+
+NOISY_SPREAD = 0.10  # latencies whose quartiles lie more than 10% of the median apart
+
+
+def rounds_advice(rows: list[Measurement], rounds: int) -> str | None:
+    """A warning when the noise seen makes `rounds` too few for ratios good to about 2%, else None.
+
+    The median's standard error shrinks as 1/sqrt(rounds): rounds * (spread / 0.10)^2 rounds bring the
+    noisiest variant's to what 10% quartile spread gives at the current count."""
+    noisiest = max((r.spread for r in rows), default=0.0)
+    if noisiest <= NOISY_SPREAD:
+        return None
+    needed = int(rounds * (noisiest / NOISY_SPREAD) ** 2) + 1
+    return (f"latencies varied by {100 * noisiest:.0f}% (quartile spread / median) over {rounds} rounds: the ratios "
+            f"are rough; try --rounds {needed} on a quieter machine")
 
 
 def benchmark(model: str | os.PathLike, algos: list[str], runtimes: list[str], batches: list[int],
               size: tuple[int, int] | None = None, threads: int | None = None, rounds: int = 30,
-              top_k: int | None = None) -> tuple[list[Measurement], dict[str, str]]:
+              top_k: int | None = None, on_rows=None,
+              on_skipped=None) -> tuple[list[Measurement], dict[str, str]]:
     """Measurements for every variant, runtime and batch; and the algorithms skipped, with why.
-    An OpenVINO IR runs in OpenVINO only."""
+    An OpenVINO IR runs in OpenVINO only. `on_skipped(skipped)` is called once the variants are built and
+    `on_rows(rows)` as each runtime and batch finishes, so a caller can show progress."""
     if Path(model).suffix == ".xml":
         runtimes = ["openvino"]
     with scratch_folder(Path(tempfile.gettempdir()), TEMP_PREFIX) as folder:  # removed after a kill -9 too
         variants, skipped = prepare_variants(Path(model), algos, folder, top_k=top_k)
-        rows = [row for runtime in runtimes for batch in batches
-                for row in measure(variants, runtime, batch, size, threads, rounds)]
+        if on_skipped:
+            on_skipped(skipped)
+        rows = []
+        for runtime in runtimes:
+            for batch in batches:
+                rows += measure(variants, runtime, batch, size, threads, rounds)
+                if on_rows:
+                    on_rows(rows[-len(variants):])
         return rows, skipped
 
 
-def format_table(rows: list[Measurement]) -> str:
-    width = max([36, *(len(r.variant) + 2 for r in rows)])
+def format_table(rows: list[Measurement], header: bool = True, width: int = 36) -> str:
+    width = max([width, *(len(r.variant) + 2 for r in rows)])
     lines = [f"{'runtime':<12}{'batch':>6}  {'variant':<{width}}{'median ms':>10}{'p90 ms':>9}{'img/s':>9}"
-             f"{'ratio':>8}{'peak MB':>9}{'growth KB':>10}{'insert s':>9}"]
+             f"{'ratio':>8}{'peak MB':>9}{'growth KB':>10}{'insert s':>9}"] if header else []
     for r in rows:
         insert_s = f"{r.insert_seconds:.2f}" if r.insert_seconds is not None else "-"
         lines.append(f"{r.runtime:<12}{r.batch:>6}  {r.variant:<{width}}{r.median_ms:>10.2f}{r.p90_ms:>9.2f}"

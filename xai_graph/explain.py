@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 from pathlib import Path
 
@@ -122,12 +122,16 @@ class Explainer:
 
     >>> explainer = Explainer("model.onnx")               # instruments on the fly if needed
     >>> explanation = explainer.explain([image_bgr])[0]   # OpenCV BGR uint8 images
+
+    Instrumenting on the fly for the predicted classes builds a top-k head (cheaper);
+    `full_head=True` keeps a map for every class (evaluation reads maps of other classes).
     """
 
     def __init__(self, model: str | os.PathLike, runtime: str = "onnxruntime", device: str = "CPU",
                  algo: str | None = None, classes: str = "predicted", top_k: int = 5, raw: bool = False,
                  size: tuple[int, int] | None = None, threads: int | None = None,
-                 box_threshold: float = 0.5, precision: str = "f32", **preprocessing):
+                 box_threshold: float = 0.5, precision: str = "f32", full_head: bool = False,
+                 labels: list[str] | None = None, **preprocessing):
         if runtime not in RUNTIMES:
             raise XaiGraphError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.source = Path(model)
@@ -136,16 +140,19 @@ class Explainer:
             facts, runtime = _ir_facts(self.model_path), "openvino"
         else:
             # Rendering only the predicted classes needs the best few maps only: a top-k head is cheaper.
-            head_top_k = max(5, top_k) if classes == "predicted" else None
+            head_top_k = max(5, top_k) if classes == "predicted" and not full_head else None
             graph_model, self.model_path, self.instrumented_here = self._instrumented(self.source, algo, raw,
                                                                                       head_top_k)
             facts = _onnx_facts(graph_model)
         self.runtime = runtime
         self.metadata = facts.metadata
         self.info = read_model_info(self.metadata)
+        if labels:  # given by the caller: they win over the model's own
+            self.info.labels = list(labels)
         self.algo = self.metadata.get("xai_graph.algorithm", algo or "?")
         openvino_options = {"device": device, "precision": precision} if runtime == "openvino" else {}
-        self.session = open_model(self.model_path, runtime, **openvino_options, **({"threads": threads} if threads else {}))
+        self.session = open_model(self.model_path, runtime, **openvino_options,
+                                  **({"threads": threads} if threads else {}))
         self.input_name = self.session.input_names[0]
         self.task = self.metadata.get("xai_graph.task", "classification")
         self.scores_name = self.metadata.get("xai_graph.scores") or self.session.output_names[0]
@@ -159,9 +166,10 @@ class Explainer:
         self.preprocessing, self.max_batch = self._preprocessing(facts.inputs[self.input_name], size, preprocessing)
         self.class_selection = classes
         self.top_k = top_k
+        dims = facts.outputs.get(self.scores_name, ((None,), False))[0]
+        self.num_classes: int | None = dims[-1] if dims else None
         if classes not in ("predicted", "all"):  # fail before the run, not once per image
-            dims = facts.outputs.get(self.scores_name, ((None,), False))[0]
-            self.parse_classes(classes, dims[-1] or 2**31)
+            self.parse_classes(classes, self.num_classes or 2**31)
 
     # -- set-up ----------------------------------------------------------------
     def _instrumented(self, source: Path, algo: str | None, raw: bool,
@@ -214,8 +222,20 @@ class Explainer:
         if not width or not height:
             raise XaiGraphError(f"input '{self.input_name}' has a dynamic size; pass --size WxH")
         base = Preprocessing(width=width, height=height, layout=layout)
+        flags = {key for key, value in overrides.items() if value is not None}
+        self.preprocessing_source = {key: "flag" if key in flags else "model" if key in self.info.preprocessing
+                                     else "default" for key in ("mean", "scale", "rgb", "resize")}
         base = base.with_overrides(**self.info.preprocessing)
         return base.with_overrides(**overrides), dims[0]
+
+    def preprocessing_record(self) -> dict:
+        """The preprocessing used, and where each setting came from (flag, model metadata, default)."""
+        return {**asdict(self.preprocessing), "source": self.preprocessing_source}
+
+    @property
+    def defaulted(self) -> list[str]:
+        """Normalisation settings neither the model nor a flag gave (so defaults were assumed)."""
+        return [key for key in ("mean", "scale") if self.preprocessing_source[key] == "default"]
 
     def close(self) -> None:
         if self.instrumented_here:

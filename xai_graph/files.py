@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -198,3 +199,16 @@ def root_cause(exc: BaseException) -> str:
         return exc.strerror
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+def read_small_text(path: Path, limit: int = 16 * 2**20) -> str:
+    """A text file a user names (labels): a regular file of at most `limit` bytes, else one-line error."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise XaiGraphError(f"{path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise XaiGraphError(f"{path}: not a regular file")
+    if info.st_size > limit:
+        raise XaiGraphError(f"{path}: {info.st_size / 2**20:.0f} MiB; a text file here is at most {limit >> 20} MiB")
+    return Path(path).read_bytes()[:limit].decode("utf-8", errors="replace")

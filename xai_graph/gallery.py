@@ -154,11 +154,14 @@ class ResultWriter:
         size = render_size(decoded_shape)
         shown = display_image(image, decoded_shape)
         files = [self._write_image(f"{stem}_image.jpg", shown)]
-        targets = [(c.id, c.label) for c in explanation.selected] if explanation.class_wise else [(None, None)]
+        explained = sorted(explanation.selected, key=lambda c: -c.score)  # the best class's overlay first
+        targets = [(c.id, c.label) for c in explained] if explanation.class_wise else [(None, None)]
+        overlays = []
         for class_id, label in targets:
             saliency = explanation.map_for(class_id)
             if self.raw:
                 files.append(self._write_npy(f"{stem}{_part(class_id, label)}_saliency_map.npy", saliency))
+            if saliency.dtype != np.uint8:  # a float head's raw map: scaled per map, as the uint8 head does
                 saliency = scale_raw(saliency)
             resized, inside = map_to_image(saliency, explanation.placement, input_size, decoded_shape, size)
             colored = colorize(to_uint8(resized))
@@ -166,11 +169,14 @@ class ResultWriter:
             files.append(self._write_image(f"{stem}{_part(class_id, label)}_saliency_map.{self.ext}", colored))
             blended = overlay(shown, colored, self.alpha, inside)
             if explanation.detections:
-                draw_detections(blended, [d for d in explanation.detections if class_id is None or d.class_id == class_id],
-                                size[0] / decoded_shape[1])
+                boxes = [d for d in explanation.detections if class_id is None or d.class_id == class_id]
+                draw_detections(blended, boxes, size[0] / decoded_shape[1])
             files.append(self._write_image(f"{stem}{_part(class_id, label)}_overlay.{self.ext}", blended))
+            overlays.append(files[-1])
         record = {"image": str(image_path), "top": [vars(c) for c in explanation.top],
-                  "explained": [vars(c) for c in explanation.selected], "files": files, "error": None}
+                  "explained": [vars(c) for c in explained], "files": files, "error": None}
+        if explanation.class_wise:  # which overlay shows which class, for the gallery's captions
+            record["overlays"] = [{**vars(c), "file": f} for c, f in zip(explained, overlays)]
         if explanation.detections is not None:
             record["detections"] = [vars(d) for d in explanation.detections]
         if explanation.not_rendered:  # asked for with --classes, but the head has maps for its top k only
@@ -232,23 +238,44 @@ def _part(class_id: int | None, label: str | None) -> str:
     return "" if class_id is None else "_" + safe_name(label or str(class_id))
 
 
+# OpenCV's JET as a CSS gradient: the legend of every overlay (low = blue, high = red).
+JET_LEGEND = ('<div class="legend"><span>low</span><div class="jet"></div><span>high</span> '
+              "saliency (JET colour map)</div>")
+JET_CSS = (".legend { display: flex; align-items: center; gap: 0.5em; font-size: 0.85em; margin: 0.5em 0; }\n"
+           ".jet { width: 240px; height: 12px; border: 1px solid #999; background: linear-gradient(to right, "
+           "#00007f, #0000ff, #007fff, #00ffff, #7fff7f, #ffff00, #ff7f00, #ff0000, #7f0000); }\n")
+
+
+def _figure(file: str, caption: str) -> str:
+    return (f'<figure><img src="{html.escape(file)}" alt="{html.escape(file)}" loading="lazy">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+def _image_section(record: dict) -> str:
+    name = html.escape(Path(record["image"]).name)
+    if record["error"]:
+        return f'<section class="failed"><h2>{name}</h2><p>failed: {html.escape(record["error"])}</p></section>'
+    explained = {c["id"] for c in record["explained"]}
+    top = "".join(f"<li{' class=explained' if c['id'] in explained else ''}>{html.escape(c['label'])} "
+                  f"<span>{c['score']:.3f}</span>{' &#9733; explained' if c['id'] in explained else ''}</li>"
+                  for c in record["top"])
+    figures = [_figure(f, "image") for f in record["files"] if f.endswith("_image.jpg")]
+    if "overlays" in record:  # best score first, each captioned with its class and score
+        figures += [_figure(o["file"], f"{html.escape(o['label'])} <b>{o['score']:.3f}</b>")
+                    for o in sorted(record["overlays"], key=lambda o: -o["score"])]
+    else:  # a class-agnostic map (or a record from an older run)
+        figures += [_figure(f, html.escape(f)) for f in record["files"] if "_overlay." in f]
+    missing = ", ".join(html.escape(c["label"]) for c in record.get("not_rendered", []))
+    note = f"<p class=note>no map in this head for: {missing}</p>" if missing else ""
+    return f"<section><h2>{name}</h2><ol>{top}</ol>{note}<div class=figs>{''.join(figures)}</div></section>"
+
+
 def gallery_html(predictions: dict) -> str:
     """A self-contained page (relative links only) that works from the file system."""
-    rows = []
-    for record in predictions["images"]:
-        name = html.escape(Path(record["image"]).name)
-        if record["error"]:
-            rows.append(f'<section class="failed"><h2>{name}</h2><p>failed: {html.escape(record["error"])}</p></section>')
-            continue
-        top = "".join(f"<li>{html.escape(c['label'])} <span>{c['score']:.3f}</span></li>" for c in record["top"])
-        shown = [f for f in record["files"] if f.endswith("_image.jpg")] + \
-                [f for f in record["files"] if "_overlay." in f]
-        figures = "".join(
-            f'<figure><img src="{html.escape(f)}" alt="{html.escape(f)}" loading="lazy">'
-            f"<figcaption>{html.escape(f)}</figcaption></figure>"
-            for f in shown)
-        rows.append(f"<section><h2>{name}</h2><ol>{top}</ol><div class=figs>{figures}</div></section>")
+    rows = [_image_section(record) for record in predictions["images"]]
     title = html.escape(f"xai-graph: {predictions.get('model', '')} ({predictions.get('algorithm', '')})")
+    preprocessing = predictions.get("preprocessing")
+    used = f"<p>Preprocessing: {html.escape(json.dumps(preprocessing))}</p>" if preprocessing else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -257,10 +284,14 @@ section {{ background: white; border: 1px solid #ddd; border-radius: 6px; paddin
 section.failed {{ border-color: #c33; }}
 .figs {{ display: flex; flex-wrap: wrap; gap: 0.8em; }}
 figure {{ margin: 0; }} img {{ max-width: 360px; max-height: 360px; display: block; }}
-figcaption {{ font-size: 0.75em; color: #555; }} ol span {{ color: #777; }}
-</style></head><body>
+figcaption {{ font-size: 0.8em; color: #555; }} ol span {{ color: #777; }} li.explained {{ font-weight: bold; }}
+.note {{ color: #a60; font-size: 0.85em; }}
+{JET_CSS}</style></head><body>
 <h1>{title}</h1>
-<p>Overlays: red = where the model looked. Scores are probabilities.</p>
+<p>Overlays: red = where the model looked. Scores are probabilities; &#9733; marks the classes whose maps are
+shown, best first.</p>
+{JET_LEGEND}
+{used}
 {''.join(rows)}
 </body></html>
 """

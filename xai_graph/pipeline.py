@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,7 +47,7 @@ class RunSummary:
     seconds: float
     predictions: Path
     index: Path
-    not_rendered: int = 0  # images with classes asked for that the (top-k) head has no map for
+    not_rendered: dict[str, int] | None = None  # class -> images where it was asked for but the head has no map
 
     @property
     def images_per_second(self) -> float:
@@ -116,13 +116,15 @@ def explain_files(explainer: Explainer, paths: list[Path], writer: ResultWriter,
             pool.shutdown(wait=True, cancel_futures=True)
             elapsed = time.perf_counter() - start
             summary = {"model": str(explainer.source), "algorithm": explainer.algo, "runtime": explainer.runtime,
-                       "input_size": list(explainer.input_size), "overlay_alpha": writer.alpha}
+                       "input_size": list(explainer.input_size), "overlay_alpha": writer.alpha,
+                       "preprocessing": explainer.preprocessing_record()}
             if interrupted:
                 summary["interrupted"] = True
             predictions, index = writer.finish(summary)
     records = [writer.records.get(str(p), {}) for p in paths]
+    not_rendered = Counter(c["label"] for r in records for c in r.get("not_rendered", []))
     result = RunSummary(len(paths), sum(1 for r in records if r.get("error")), elapsed, predictions, index,
-                        sum(1 for r in records if r.get("not_rendered")))
+                        dict(not_rendered))
     if interrupted:
         raise RunInterrupted(result, written[0])
     return result

@@ -47,14 +47,19 @@ class Preprocessing:
 
     def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, Placement]:
         """uint8 BGR image -> float32 tensor in the model's layout (no batch axis), and its placement."""
-        resized, placement = self._resize(image_bgr)
-        pixels = resized[:, :, ::-1] if self.rgb else resized
+        fitted, placement = self.fit(image_bgr)
+        return self.to_tensor(fitted), placement
+
+    def to_tensor(self, fitted_bgr: np.ndarray) -> np.ndarray:
+        """An image already at the input size (from `fit`, perhaps perturbed since) -> the model's tensor."""
+        pixels = fitted_bgr[:, :, ::-1] if self.rgb else fitted_bgr
         tensor = (pixels.astype(np.float32) - np.float32(self.mean)) / np.float32(self.scale)
         if self.layout == "NCHW":
             tensor = tensor.transpose(2, 0, 1)
-        return np.ascontiguousarray(tensor), placement
+        return np.ascontiguousarray(tensor)
 
-    def _resize(self, image: np.ndarray) -> tuple[np.ndarray, Placement]:
+    def fit(self, image: np.ndarray) -> tuple[np.ndarray, Placement]:
+        """The image resized (letterboxed, cropped) to the input size, BGR uint8, and its placement."""
         h, w = image.shape[:2]
         if self.resize == "standard":
             out = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_LINEAR)

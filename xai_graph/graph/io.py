@@ -41,6 +41,9 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise XaiGraphError(f"{path}: no such file")
     if not path.is_file():
         raise XaiGraphError(f"{path}: not a file")
+    if path.stat().st_size > 2**31:  # protobuf's own limit: larger weights live in external data files
+        raise XaiGraphError(f"{path}: {path.stat().st_size / 2**30:.1f} GiB, over the 2 GiB an ONNX file can hold "
+                            "(weights that large belong in external data)")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:

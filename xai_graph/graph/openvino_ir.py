@@ -41,6 +41,9 @@ _DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i64": np.in
 
 
 # -- reading -------------------------------------------------------------------------------------------
+MAX_XML_BYTES = 512 * 2**20  # a network description: real ones are a few MB, weights live in the .bin
+
+
 def read_ir(path: str | os.PathLike):
     """Read an IR after checking what OpenVINO itself would report badly or not at all."""
     import openvino as ov
@@ -50,7 +53,11 @@ def read_ir(path: str | os.PathLike):
         raise XaiGraphError(f"{path}: an OpenVINO IR path ends with .xml")
     if not path.is_file():
         raise XaiGraphError(f"{path}: no such file")
-    head = path.read_bytes()[:4096].decode("utf-8", "replace")
+    if path.stat().st_size > MAX_XML_BYTES:
+        raise XaiGraphError(f"{path}: {path.stat().st_size >> 20} MiB of XML; an IR's .xml is at most "
+                            f"{MAX_XML_BYTES >> 20} MiB (its weights are in the .bin)")
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8", "replace")
     if not re.search(r"<net\b", head):
         raise XaiGraphError(f"{path}: not an OpenVINO IR (no <net> element)")
     weights = path.with_suffix(".bin")
