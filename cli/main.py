@@ -19,7 +19,10 @@ from xai_graph.graph.opset import MIN_OPSET
 from xai_graph.errors import XaiGraphError
 from xai_graph.methods.recipro_cam import MASKS, SCORES
 from xai_graph.bench import benchmark, format_table, rounds_advice
+from xai_graph.eval_gallery import read_boxes, write_evaluation
+from xai_graph.evaluate import EvalSettings, format_table as format_eval_table
 from xai_graph.explain import Explainer
+from xai_graph.metrics import BASELINES
 from xai_graph.gallery import IMAGE_FORMATS, ResultWriter
 from xai_graph.images import find_images
 from xai_graph.files import check_writes_spare_reads, files_read_by_model, read_small_text, root_cause
@@ -45,8 +48,10 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         warnings.showwarning = _note
-        for signum in (signal.SIGTERM, signal.SIGHUP):  # clean up as Ctrl-C does
-            signal.signal(signum, _interrupt)
+        for signum, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _interrupt),
+                                (signal.SIGHUP, _interrupt)):  # all clean up as Ctrl-C does (see cli/__init__.py)
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, handler)
         debug = ctx.params.get("debug") or os.environ.get("XAI_GRAPH_DEBUG", "") not in ("", "0")
         try:
             return super().invoke(ctx)
@@ -387,7 +392,7 @@ def bench(model, algos, runtime, batches, threads, rounds, size, class_maps, as_
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(2, 1024),
               help="Insertion/deletion: equal steps from the image to the baseline.")
-@click.option("--baseline", type=click.Choice(("blur", "zero", "mean")), default="blur", show_default=True,
+@click.option("--baseline", type=click.Choice(BASELINES), default="blur", show_default=True,
               help="What deleted pixels become (and insertion starts from).")
 @click.option("--tolerance", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Pointing game: pixels around each box that still count as a hit.")
@@ -398,9 +403,6 @@ def eval_command(model, inputs, outdir, boxes, algos, runtime, steps, baseline, 
     """Measure how good MODEL's saliency maps are: pointing game (with --boxes), insertion/deletion AUC, ADCC and
     a model-randomisation sanity check, per method; ranks the methods. Writes metrics.json, index.html and each
     method's gallery into OUTDIR."""
-    from xai_graph.eval_gallery import read_boxes, write_evaluation
-    from xai_graph.evaluate import EvalSettings, format_table as format_eval_table
-
     paths = find_images(list(inputs))
     if not paths:
         raise XaiGraphError(f"no images found in {', '.join(inputs)}")

@@ -46,6 +46,8 @@ def files_read_by_model(path: str | os.PathLike) -> list[Path]:
     if path.suffix == ".xml":
         return [path, path.with_suffix(".bin")]
     files = [path]
+    if not path.is_file():  # never open a FIFO or a device here: the loader refuses them in one line
+        return files
     with contextlib.suppress(Exception):  # an unreadable model is reported by the loader, not here
         import onnx
 

@@ -109,10 +109,14 @@ class ResultWriter:
 
     # -- files -------------------------------------------------------------------
     def _target(self, name: str) -> Path:
-        path = (self.root / name).resolve()
-        if path.parent != self.root:  # sanitising makes this impossible; checked all the same
+        path = self.root / name
+        if path.parent != self.root or name in (".", ".."):  # sanitising makes this impossible; checked all the same
             raise XaiGraphError(f"refusing to write outside {self.root}: {name!r}")
         return path
+
+    def _taken(self, path: Path) -> bool:
+        """A name this run may not use: already written by it, an input's, or a link (never followed)."""
+        return path in self._claimed or path.is_symlink() or inode(path) in self.protected
 
     def _write(self, name: str, data: bytes) -> str:
         """Write `data` under `name`, or `name-1`, `name-2`... where it exists and overwriting is off (or the
@@ -123,7 +127,7 @@ class ResultWriter:
             for n in range(10_000):
                 path = self._target(f"{stem}-{n}{suffix}" if n else name)
                 with self._lock:
-                    if path in self._claimed or inode(path) in self.protected:
+                    if self._taken(path):
                         continue
                     if self.overwrite:
                         os.replace(tmp, path)
@@ -148,12 +152,26 @@ class ResultWriter:
     # -- results -----------------------------------------------------------------
     def add(self, image_path: Path, image: np.ndarray, explanation: Explanation, input_size: tuple[int, int]) -> dict:
         """Render and write the maps of one image: `image` as decoded (the placement refers to it), or already
-        shrunk to its render size (`display_image`), which holds less memory while it waits."""
+        shrunk to its render size (`display_image`), which holds less memory while it waits.
+
+        If writing fails half-way (a full disk), the files already written for this image are removed: an image
+        has all its files and a record, or neither."""
+        files: list[str] = []
+        try:
+            return self._add(image_path, image, explanation, input_size, files)
+        except BaseException:
+            for name in files:
+                with contextlib.suppress(OSError):
+                    (self.root / name).unlink()
+            raise
+
+    def _add(self, image_path: Path, image: np.ndarray, explanation: Explanation, input_size: tuple[int, int],
+             files: list[str]) -> dict:
         stem = safe_name(image_path.stem)
         decoded_shape = explanation.image_shape
         size = render_size(decoded_shape)
         shown = display_image(image, decoded_shape)
-        files = [self._write_image(f"{stem}_image.jpg", shown)]
+        files.append(self._write_image(f"{stem}_image.jpg", shown))
         explained = sorted(explanation.selected, key=lambda c: -c.score)  # the best class's overlay first
         targets = [(c.id, c.label) for c in explained] if explanation.class_wise else [(None, None)]
         overlays = []

@@ -80,6 +80,11 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
         data_file = path.parent / info.location
         if not data_file.is_file():
             raise XaiGraphError(f"{path}: external data file {info.location!r} is missing")
+        size = data_file.stat().st_size
+        offset, length = int(info.offset or 0), info.length
+        if offset < 0 or offset > size or (length is not None and (int(length) < 0 or offset + int(length) > size)):
+            raise XaiGraphError(f"{path}: '{tensor.name}' is stored at bytes {offset}..{offset + int(length or 0)} "
+                                f"of {info.location!r}, which has {size} (truncated, or another model's data file)")
 
 
 def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:

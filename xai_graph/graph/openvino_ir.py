@@ -56,10 +56,7 @@ def read_ir(path: str | os.PathLike):
     if path.stat().st_size > MAX_XML_BYTES:
         raise XaiGraphError(f"{path}: {path.stat().st_size >> 20} MiB of XML; an IR's .xml is at most "
                             f"{MAX_XML_BYTES >> 20} MiB (its weights are in the .bin)")
-    with open(path, "rb") as f:
-        head = f.read(4096).decode("utf-8", "replace")
-    if not re.search(r"<net\b", head):
-        raise XaiGraphError(f"{path}: not an OpenVINO IR (no <net> element)")
+    _check_xml(path)
     weights = path.with_suffix(".bin")
     needed = _weights_extent(path)
     if needed and not weights.is_file():
@@ -70,11 +67,38 @@ def read_ir(path: str | os.PathLike):
     try:
         model = ov.Core().read_model(str(path))
     except Exception as exc:
-        raise XaiGraphError(f"{path}: not a readable OpenVINO IR ({runtime_message(exc)})") from None
+        hint = f"; is {weights.name} this model's weights file?" if needed else ""
+        raise XaiGraphError(f"{path}: not a readable OpenVINO IR ({runtime_message(exc)}){hint}") from None
     for port in model.inputs:
         check_input_dims(port.get_any_name(), [d.get_length() if d.is_static else None
                                                for d in port.get_partial_shape()])
     return model
+
+
+def _check_xml(path: Path) -> None:
+    """Well-formed XML whose root is <net>, without a DTD: OpenVINO would otherwise hand a damaged file to
+    another frontend (which logs to stderr) and entity declarations are never part of an IR."""
+    from xml.parsers import expat
+
+    parser = expat.ParserCreate()
+    root = []
+
+    def refuse_doctype(*_):
+        raise XaiGraphError(f"{path}: not an OpenVINO IR (an XML document type or entity declaration)")
+
+    parser.StartDoctypeDeclHandler = refuse_doctype
+    parser.EntityDeclHandler = refuse_doctype
+    parser.StartElementHandler = lambda name, attrs: root.append(name) if not root else None
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                parser.Parse(chunk, False)
+            parser.Parse(b"", True)
+    except expat.ExpatError as exc:
+        raise XaiGraphError(f"{path}: not an OpenVINO IR (malformed XML: {expat.ErrorString(exc.code)}, "
+                            f"line {exc.lineno})") from None
+    if root[:1] != ["net"]:
+        raise XaiGraphError(f"{path}: not an OpenVINO IR (no <net> element)")
 
 
 def _weights_extent(path: Path) -> int:
