@@ -141,3 +141,58 @@ def test_eval_bad_input_is_one_line(tmp_path, case):
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr and "internal error" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(("error:", "Error:"))
     assert not (tmp_path / "out").exists()
+
+
+# -- what explain and bench gained with eval ------------------------------------------------------------------
+def test_classes_all_on_a_1000_class_model_asks_for_yes(tmp_path):
+    result = xai_graph_cli("explain", MODEL, "-i", PHOTOS / "chelsea.png", "-o", tmp_path / "out", "--classes", "all")
+    assert result.returncode == 1 and "2000 files" in result.stderr and "--yes" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gallery_orders_overlays_by_score_marks_explained_classes_and_records_preprocessing(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class{i}\n" for i in range(1000)))
+    out = tmp_path / "out"
+    # 285 Egyptian cat, 281 tabby, 287 lynx: asked in an order that is not the score order
+    result = xai_graph_cli("explain", MODEL, "-i", PHOTOS / "chelsea.png", "-o", out, "--classes", "287,281,285",
+                           "--labels", labels)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "predictions.json").read_text())
+    image = record["images"][0]
+    assert [c["label"] for c in image["top"]][:1] == ["class285"]  # --labels replaced the model's own
+    scores = [o["score"] for o in image["overlays"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 3
+    assert record["preprocessing"]["source"] == {"mean": "model", "scale": "model", "rgb": "model", "resize": "model"}
+    page = (out / "index.html").read_text()
+    by_score = sorted(image["overlays"], key=lambda o: -o["score"])
+    captions = [page.index(f"{o['label']} <b>{o['score']:.3f}</b>") for o in by_score]
+    assert captions == sorted(captions)  # best score first on the page
+    assert page.count("&#9733; explained") == sum(c["id"] in (281, 285, 287) for c in image["top"])
+    assert 'class="jet"' in page
+
+
+def test_explain_notes_preprocessing_defaults(tmp_path):
+    """A model that records no normalisation: explain says which defaults it assumed."""
+    import onnx
+
+    model = onnx.load(str(MODEL))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    result = xai_graph_cli("explain", bare, "-i", PHOTOS / "chelsea.png", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "note: the model records no mean or scale" in result.stderr
+    record = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert record["preprocessing"]["source"]["mean"] == "default"
+
+
+def test_bench_warns_when_rounds_are_too_few_for_the_noise():
+    from xai_graph.bench import Measurement, rounds_advice
+
+    def row(spread):
+        return Measurement("onnxruntime", 1, "original", 10, 12, 100, 1, 100, 0, None, spread)
+
+    assert rounds_advice([row(0.05), row(0.08)], 30) is None
+    advice = rounds_advice([row(0.05), row(0.30)], 30)
+    assert "30%" in advice and "--rounds 270" in advice

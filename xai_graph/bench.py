@@ -8,6 +8,7 @@ ratios compare medians from the same rounds.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import subprocess
@@ -178,7 +179,7 @@ def rounds_advice(rows: list[Measurement], rounds: int) -> str | None:
     noisiest = max((r.spread for r in rows), default=0.0)
     if noisiest <= NOISY_SPREAD:
         return None
-    needed = int(rounds * (noisiest / NOISY_SPREAD) ** 2) + 1
+    needed = math.ceil(rounds * (noisiest / NOISY_SPREAD) ** 2)
     return (f"latencies varied by {100 * noisiest:.0f}% (quartile spread / median) over {rounds} rounds: the ratios "
             f"are rough; try --rounds {needed} on a quieter machine")
 
