@@ -1,8 +1,8 @@
-"""The `xai-graph` command line (cli.main).
+"""The `xai-graph` command line (`xai_graph.cli.main`; this folder installs as `xai_graph.cli`).
 
 Importing the library takes a moment (onnx, OpenCV, the runtimes); a Ctrl-C or SIGTERM in that
 moment must not print an import traceback. Nothing is written before the command starts, so
-until `cli.main` installs its own handlers, such a signal just ends the process with 130.
+until `main` installs its own handlers, such a signal just ends the process with 130.
 """
 
 import os

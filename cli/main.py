@@ -29,6 +29,7 @@ from xai_graph.files import check_writes_spare_reads, files_read_by_model, read_
 from xai_graph.pipeline import RunInterrupted, explain_files
 from xai_graph.preprocess import RESIZE_TYPES, parse_triple, model_info_metadata
 from xai_graph.runtime import RUNTIMES, verify_loads
+from xai_graph.bundled import bundled_samples
 from xai_graph.report import describe
 
 
@@ -424,10 +425,8 @@ def eval_command(model, inputs, outdir, boxes, algos, runtime, steps, baseline, 
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
 def demo(outdir, runtime):
     """Instrument the bundled ImageNet EfficientNet-Lite0 and explain the sample photos into OUTDIR."""
-    samples = Path(__file__).resolve().parent.parent / "samples"
+    samples = bundled_samples()
     model = samples / "efficientnet_lite0.onnx"
-    if not model.exists():
-        raise XaiGraphError(f"{samples}: the samples are not here; run the demo from a checkout of xai-graph")
     outdir.mkdir(parents=True, exist_ok=True)
     instrumented = outdir / "efficientnet_lite0_xai.onnx"
     xai_graph.save_model(xai_graph.insert(model, "classwisesaliencymap", top_k=5, check=False), instrumented)

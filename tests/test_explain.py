@@ -116,7 +116,8 @@ def test_explain_writes_maps_overlays_predictions_and_gallery(labelled_model, ph
         assert [c["id"] for c in record["explained"]] == [record["top"][0]["id"]]  # default: the predicted class
         label = record["explained"][0]["label"]
         safe = safe_name(label)
-        assert set(record["files"]) == {f"{stem}_image.jpg", f"{stem}_{safe}_saliency_map.png", f"{stem}_{safe}_overlay.png"}
+        expected = {f"{stem}_image.jpg", f"{stem}_{safe}_saliency_map.png", f"{stem}_{safe}_overlay.png"}
+        assert set(record["files"]) == expected
         written |= set(record["files"])
         overlay_image = cv2.imread(str(out / f"{stem}_{safe}_overlay.png"))
         assert overlay_image.shape == (96, 128, 3)  # rendered at the image's own size

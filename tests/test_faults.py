@@ -85,7 +85,7 @@ def invoke(*args, env: dict | None = None) -> Outcome:
     """The CLI in this process (Click's CliRunner); the signal handler and warning hook it installs are restored."""
     from click.testing import CliRunner
 
-    from cli.main import main
+    from xai_graph.cli.main import main
 
     handler, show = signal.getsignal(signal.SIGTERM), warnings.showwarning
     start = time.monotonic()

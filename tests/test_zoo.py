@@ -64,7 +64,8 @@ def test_batch_of_one_equals_batch_of_three(spec, exported, tmp_path):
 
 
 OPTION_SPECS = [zoo.Export("mobilenetv3", dynamo=False, opset=17, dynamic_batch=True, softmax=False),  # MLP head
-                zoo.Export("resnet", dynamo=False, opset=11, dynamic_batch=False, softmax=True)]  # linear head, opset 11
+                zoo.Export("resnet", dynamo=False, opset=11, dynamic_batch=False,
+                           softmax=True)]  # linear head, opset 11
 
 
 @pytest.mark.parametrize("spec", OPTION_SPECS, ids=lambda s: s.id)

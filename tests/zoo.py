@@ -109,11 +109,13 @@ class MobileNetV3Like(nn.Module):
     def __init__(self):
         super().__init__()
         hs = nn.Hardswish
-        self.features = nn.Sequential(conv_bn(3, 16, stride=2, act=hs), InvertedResidual(16, 16, 1, act=nn.ReLU, se=True),
+        self.features = nn.Sequential(conv_bn(3, 16, stride=2, act=hs),
+                                      InvertedResidual(16, 16, 1, act=nn.ReLU, se=True),
                                       InvertedResidual(16, 24, 2, act=hs), InvertedResidual(24, 24, 1, act=hs, se=True),
                                       InvertedResidual(24, 40, 2, act=hs, se=True), conv_bn(40, 96, 1, act=hs))
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Linear(96, 128), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(128, NUM_CLASSES))
+        self.classifier = nn.Sequential(nn.Linear(96, 128), nn.Hardswish(), nn.Dropout(0.2),
+                                        nn.Linear(128, NUM_CLASSES))
 
     def tail(self, f, bs=None):
         return self.classifier(torch.flatten(self.pool(f), 1))
@@ -179,7 +181,8 @@ class VGGLike(nn.Module):
         super().__init__()
         self.features = nn.Sequential(conv_bn(3, 16), nn.MaxPool2d(2), conv_bn(16, 32), nn.MaxPool2d(2),
                                       conv_bn(32, 32), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, NUM_CLASSES))
+        self.classifier = nn.Sequential(nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.5),
+                                        nn.Linear(64, NUM_CLASSES))
 
     def tail(self, f, bs=None):
         return self.classifier(torch.flatten(f, 1))

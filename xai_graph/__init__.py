@@ -1,13 +1,31 @@
-"""xai-graph: saliency-map heads inside exported inference graphs."""
+"""xai-graph: saliency-map heads inside exported inference graphs.
 
-__version__ = "0.1.0"
+The public API is imported on first use (PEP 562): `import xai_graph` stays cheap, so the command
+line can install its signal handlers before onnx, OpenCV and the runtimes load.
+"""
 
-from xai_graph.errors import XaiGraphError  # noqa: E402
-from xai_graph.explain import ClassScore, Explainer, Explanation  # noqa: E402
-from xai_graph.graph.io import load_model, save_ir, save_model  # noqa: E402
-from xai_graph.head import head_summary, insert  # noqa: E402
-from xai_graph.methods import algorithms  # noqa: E402
-from xai_graph.render import colorize, map_to_image, overlay  # noqa: E402
+from importlib import import_module
 
-__all__ = ["ClassScore", "Explainer", "Explanation", "XaiGraphError", "__version__", "algorithms", "colorize",
-           "head_summary", "insert", "load_model", "map_to_image", "overlay", "save_ir", "save_model"]
+from xai_graph.version import __version__
+
+_PUBLIC = {
+    "ClassScore": "xai_graph.explain", "Explainer": "xai_graph.explain", "Explanation": "xai_graph.explain",
+    "XaiGraphError": "xai_graph.errors", "load_model": "xai_graph.graph.io", "save_ir": "xai_graph.graph.io",
+    "save_model": "xai_graph.graph.io", "head_summary": "xai_graph.head", "insert": "xai_graph.head",
+    "algorithms": "xai_graph.methods", "colorize": "xai_graph.render", "map_to_image": "xai_graph.render",
+    "overlay": "xai_graph.render",
+}
+
+__all__ = ["__version__", *sorted(_PUBLIC)]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'xai_graph' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

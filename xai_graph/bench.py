@@ -1,7 +1,8 @@
 """`xai-graph bench`: what a saliency head costs, measured beside the original model.
 
 All variants (the original, each algorithm, and the brute-force form of
-Recipro-CAM and ViT Recipro-CAM (cloned tail or block) beside the cheap one) are loaded in one process and run interleaved, one call
+Recipro-CAM and ViT Recipro-CAM (cloned tail or block) beside the cheap one) are loaded in one
+process and run interleaved, one call
 each per round in a rotating order, so that machine noise hits them alike; the
 ratios compare medians from the same rounds.
 """

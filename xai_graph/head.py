@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import onnx
 import onnx_ir as ir
 
-from xai_graph import __version__
+from xai_graph.version import __version__
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import known_dim, shape_text, work_fraction
 from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder

@@ -182,7 +182,8 @@ def _fold_small_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
                 values = None
             if values is not None and all(getattr(v, "size", _FOLD_LIMIT + 1) <= _FOLD_LIMIT for v in values):
                 known.update(zip(node.output, values))
-                scratch.graph.initializer.extend(onnx.numpy_helper.from_array(v, n) for n, v in zip(node.output, values))
+                folded = (onnx.numpy_helper.from_array(v, n) for n, v in zip(node.output, values))
+                scratch.graph.initializer.extend(folded)
                 continue
         kept.append(node)
     del scratch.graph.node[:]

@@ -501,8 +501,8 @@ def _unary(name: str):
 
 _LOWERINGS: dict[str, Callable] = {
     "Add": _binary("add"), "Sub": _binary("subtract"), "Mul": _binary("multiply"), "Div": _binary("divide"),
-    "Pow": _binary("power"), "Max": _variadic("maximum"), "Min": _variadic("minimum"), "Sum": _variadic("add"), "Less": _binary("less"),
-    "Equal": _binary("equal"),
+    "Pow": _binary("power"), "Max": _variadic("maximum"), "Min": _variadic("minimum"), "Sum": _variadic("add"),
+    "Less": _binary("less"), "Equal": _binary("equal"),
     "Sigmoid": _unary("sigmoid"), "Exp": _unary("exp"), "Sqrt": _unary("sqrt"), "Relu": _unary("relu"),
     "Abs": _unary("abs"), "Neg": _unary("negative"), "Erf": _unary("erf"), "Tanh": _unary("tanh"),
     "Round": lambda i, a: _ops().round(i[0], "half_to_even").output(0),

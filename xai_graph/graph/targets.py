@@ -269,7 +269,8 @@ def find_target(model: ir.Model, target_layer: str | None = None, need_scores: b
                                 "would not explain the scores; name a map with --target-layer")
         return chosen
     raise XaiGraphError(f"'{scores.name}' is fed by no spatial map [B, C, h, w] (CNN) and by no recognised "
-                        "transformer block (tokens [B, E + h*w, D], E <= 8 extra tokens, through pre-norm blocks and a final "
+                        "transformer block (tokens [B, E + h*w, D], E <= 8 extra tokens, through pre-norm blocks "
+                        "and a final "
                         "layer norm); this is neither a CNN nor a ViT-style classifier: name a map with "
                         "--target-layer")
 

@@ -40,7 +40,8 @@ class DetClassProbabilityMap(SaliencyMethod):
         if self.options.top_k is not None:
             raise XaiGraphError("top-k maps are not available for detectors yet")
         if self.options.background not in BACKGROUNDS:
-            raise XaiGraphError(f"unknown background {self.options.background!r}; choose one of {', '.join(BACKGROUNDS)}")
+            raise XaiGraphError(f"unknown background {self.options.background!r}; choose one of "
+                                f"{', '.join(BACKGROUNDS)}")
 
     def background(self, target: DetectorHeads) -> str:
         if self.options.background != "auto":
@@ -87,7 +88,8 @@ class DetClassProbabilityMap(SaliencyMethod):
         # (BlazeFace leaves it to post-processing) gets the one asked for with det_score="sigmoid".
         if target.activation == "Sigmoid" or (target.activation is None and self.options.det_score == "sigmoid"):
             best = b.op("Sigmoid", best)
-        return Saliency(self._without_background(b, target, mean), class_scores=self._without_background(b, target, best))
+        return Saliency(self._without_background(b, target, mean),
+                        class_scores=self._without_background(b, target, best))
 
     @staticmethod
     def _class_scores(b: GraphBuilder, level: Level, k: int):
