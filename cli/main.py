@@ -15,22 +15,22 @@ from pathlib import Path
 import click
 
 import xai_graph
-from xai_graph.graph.opset import MIN_OPSET
 from xai_graph.errors import XaiGraphError
-from xai_graph.methods.recipro_cam import MASKS, SCORES
+from xai_graph.methods import option_fields
+from xai_graph.methods.base import parse_top_k
 from xai_graph.bench import benchmark, format_table, rounds_advice
-from xai_graph.eval_gallery import read_boxes, write_evaluation
-from xai_graph.evaluate import EvalSettings, format_table as format_eval_table
-from xai_graph.explain import Explainer
+from xai_graph.explaining.eval_report import read_boxes, write_evaluation
+from xai_graph.explaining.evaluate import EvalSettings, format_table as format_eval_table
+from xai_graph.explaining.explainer import Explainer
 from xai_graph.metrics import BASELINES
-from xai_graph.gallery import IMAGE_FORMATS, ResultWriter
-from xai_graph.images import find_images
+from xai_graph.explaining.gallery import IMAGE_FORMATS, ResultWriter
+from xai_graph.explaining.images import find_images
 from xai_graph.files import check_writes_spare_reads, files_read_by_model, read_small_text, root_cause
-from xai_graph.pipeline import RunInterrupted, explain_files
-from xai_graph.preprocess import RESIZE_TYPES, parse_triple, model_info_metadata
+from xai_graph.explaining.pipeline import RunInterrupted, explain_files
+from xai_graph.explaining.preprocess import RESIZE_TYPES, parse_triple, model_info_metadata
 from xai_graph.runtime import RUNTIMES, verify_loads
 from xai_graph.bundled import bundled_samples
-from xai_graph.report import describe
+from xai_graph.report import describe, format_report
 
 
 MANY_CLASSES = 20  # --classes all above this many classes asks for --yes
@@ -93,6 +93,35 @@ def main(debug):
     benchmark the cost."""
 
 
+def method_option_flags(command):
+    """One flag per method option, made from the methods' `Options` dataclasses (`xai_graph.methods.option_fields`):
+    its flag, help, choices and parser live with the method. Unset flags pass None, so a method only ever sees
+    the options a user gave."""
+    for item in reversed(option_fields()):
+        meta = item.metadata
+        default = "all" if item.name == "top_k" else item.default
+        shown = default is not None and not isinstance(default, bool)
+        settings = {"help": f"{meta['help']} [default: {default}]" if shown else meta["help"],
+                    "metavar": meta["metavar"], "default": None}
+        if isinstance(item.default, bool):
+            settings.update(is_flag=True, default=False)
+        elif meta["choices"]:
+            settings["type"] = click.Choice(meta["choices"])
+        if meta["parse"]:
+            settings["callback"] = _parsed_by(meta["parse"])
+        command = click.option(meta["flag"], item.name, **settings)(command)
+    return command
+
+
+def _parsed_by(parse):
+    def callback(ctx, param, text):
+        try:
+            return None if text is None else parse(text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return callback
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--algo", type=click.Choice(xai_graph.algorithms()), default="classwisesaliencymap", show_default=True,
@@ -100,27 +129,12 @@ def main(debug):
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Where to write the model [default: MODEL_xai.onnx beside MODEL].")
 @click.option("--target-layer", metavar="NAME", help="Value or node whose output is the map to explain.")
-@click.option("--mask", type=click.Choice(MASKS), default="gaussian", show_default=True,
-              help="Recipro-CAM mask: 3x3 Gaussian neighbourhood or one position.")
-@click.option("--score", type=click.Choice(SCORES), default="logits", show_default=True,
-              help="Recipro-CAM score read per class.")
-@click.option("--classes", "class_maps", default="all", show_default=True, metavar="all|topk:N",
-              help="Class-wise maps for every class, or only for each image's N best (adds saliency_classes).")
-@click.option("--brute-force", is_flag=True,
-              help="Recipro-CAM: clone the whole tail on masked maps even where the fused form applies; also accepts "
-                   "a form that costs more than 3x the model.")
 @click.option("--scores", metavar="OUTPUT",
               help="Classifiers: the class-score output to explain [default: chosen by its role in the graph].")
 @click.option("--head", "heads", multiple=True, metavar="VALUE",
               help="Detectors: a per-level class-score map [B, A*K, h, w] (repeatable); found automatically otherwise.")
 @click.option("--num-anchors", metavar="A[,A...]", help="Detectors: anchors per level (one value for all levels).")
 @click.option("--num-classes", type=int, help="Detectors: number of classes K.")
-@click.option("--det-score", type=click.Choice(["softmax", "sigmoid", "none"]), default="softmax", show_default=True,
-              help="Detectors: how DetClassProbabilityMap turns the averaged scores into probabilities.")
-@click.option("--map-size", metavar="HxW", help="Detectors: map size [default: the middle level's].")
-@click.option("--background", type=click.Choice(["auto", "first", "last", "none"]), default="auto", show_default=True,
-              help="Detectors: the background channel of softmax heads, dropped from the maps (auto: last for "
-                   "softmax heads, as OTX/mmdet; none for sigmoid heads).")
 @click.option("--raw", is_flag=True, help="Keep the map as float32 instead of uint8 0..255.")
 @click.option("--feature-vector", is_flag=True, help="Also output feature_vector [B, C].")
 @click.option("--replace", is_flag=True, help="Rebuild the head of a model that already has saliency_map.")
@@ -133,9 +147,9 @@ def main(debug):
 @click.option("--std", help="Preprocessing to record: scale per channel, input = (pixel - mean) / std.")
 @click.option("--bgr/--rgb", default=None, help="Record that the model takes BGR (or RGB) input.")
 @click.option("--resize", type=click.Choice(RESIZE_TYPES), help="Record the resize the model expects.")
-def insert(model, algo, output, target_layer, mask, score, class_maps, brute_force, scores, heads, num_anchors,
-           num_classes, det_score, map_size, background, raw, feature_vector, replace, out_format, compress_fp16,
-           labels, mean, std, bgr, resize):
+@method_option_flags
+def insert(model, algo, output, target_layer, scores, heads, num_anchors, num_classes, raw, feature_vector, replace,
+           out_format, compress_fp16, labels, mean, std, bgr, resize, **method_options):
     """Insert a saliency head into MODEL (.onnx or OpenVINO .xml); write ONNX, or OpenVINO IR with --format ir /
     -o OUT.xml (always IR for an IR input)."""
     from_ir = model.suffix == ".xml"
@@ -153,13 +167,12 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
     label_list = read_small_text(labels).splitlines() if labels else None
     preprocessing = model_info_metadata(labels=[x for x in label_list if x.strip()] if label_list else None,
                                         mean=mean, std=std, bgr=bgr, resize=resize)
-    result = xai_graph.insert(model, algo, target_layer=target_layer, mask=mask, score=score, raw=raw,
-                              feature_vector=feature_vector, replace=replace, top_k=_top_k(class_maps),
-                              brute_force=brute_force, metadata=preprocessing if len(preprocessing) > 1 else None,
+    result = xai_graph.insert(model, algo, target_layer=target_layer, raw=raw, feature_vector=feature_vector,
+                              replace=replace, metadata=preprocessing if len(preprocessing) > 1 else None,
                               heads=list(heads) or None, num_anchors=_ints(num_anchors, "--num-anchors"),
-                              num_classes=num_classes, det_score=det_score, map_size=_hw(map_size),
-                              background=background, scores=scores,
-                              check=False)  # save_model checks the written file
+                              num_classes=num_classes, scores=scores,
+                              check=False,  # save_model checks the written file
+                              **method_options)  # only those given: each method refuses what it does not take
     if out_format == "ir":  # written only once its runtime has loaded it
         xai_graph.save_ir(result, output, compress_fp16=compress_fp16, verify=verify_loads)
     else:
@@ -180,46 +193,14 @@ def insert(model, algo, output, target_layer, mask, score, class_maps, brute_for
 def inspect(model, target_layer, heads, scores, as_json):
     """Show MODEL's inputs, outputs, candidate target maps and which algorithms apply."""
     report = describe(model, target_layer, list(heads) or None, scores)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-        return
-    opset = f"opset {report.opset}" + (f", insert raises it to {MIN_OPSET}" if report.opset < MIN_OPSET else "")
-    click.echo(f"model   {report.path} ({opset if report.opset else 'OpenVINO IR'})")
-    for kind, values in (("input ", report.inputs), ("output", report.outputs)):
-        for v in values:
-            click.echo(f"{kind}  {v['name']} {v['shape']} {v['dtype']}")
-    for key, value in report.metadata.items():
-        value = value.replace("\n", "\\n")
-        click.echo(f"meta    {key} = {value if len(value) < 60 else value[:57] + '...'}")
-    if report.scores:
-        act = f" (after {report.final_activation})" if report.final_activation else ""
-        click.echo(f"scores  {report.scores}{act}")
-    for p in report.pools:
-        click.echo(f"pool    {p['op']} '{p['node']}' on {p['input']} {p['shape']}: {p['role']}")
-    for level in report.detector_levels:
-        click.echo(f"level   {level['value']} {level['shape']}: {level['layout']}")
-    for c in report.candidates:
-        mark = "*" if c["name"] == report.target else " "
-        click.echo(f"map   {mark} {c['name']} {c['shape']}")
-    if report.task == "detection":
-        click.echo(f"task    detection: {report.reason}; maps sized as the middle level {report.target_shape}")
-    elif report.task == "transformer":
-        click.echo(f"task    transformer: target {report.target} {report.target_shape}, {report.reason}")
-    elif report.target:
-        click.echo(f"target  {report.target} {report.target_shape}: {report.reason}")
-    else:
-        click.echo(f"target  none: {report.reason}")
-    for algo, verdict in report.algorithms.items():
-        click.echo(f"algo    {algo}: {verdict}")
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
 
 
 def _top_k(text: str) -> int | None:
-    if text == "all":
-        return None
-    name, _, number = text.partition(":")
-    if name != "topk" or not number.isdigit() or int(number) < 1:
-        raise click.BadParameter(f"{text!r}: expected 'all' or 'topk:N', e.g. topk:5", param_hint="--classes")
-    return int(number)
+    try:
+        return parse_top_k(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--classes") from None
 
 
 def _ints(text: str | None, option: str) -> list[int] | None:

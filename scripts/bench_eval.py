@@ -3,7 +3,7 @@
     python scripts/bench_eval.py [--images 24] [--steps 32] [--runtime onnxruntime]
 
 bare: decode + preprocess + the original model (no head), batches of 8 (as bench_explain.py)
-eval: `xai_graph.evaluate.evaluate` for one method: instrumenting, explaining, deletion and insertion
+eval: `xai_graph.explaining.evaluate.evaluate` for one method: instrumenting, explaining, deletion and insertion
       (2 x (steps + 1) perturbed copies through the plain model, batched), ADCC (one more run), and the
       sanity check (the model re-drawn and re-instrumented --sanity-layers times, each run on every image).
 Both on the sample EfficientNet-Lite0 (ImageNet, 224x224); the target is eval >= bare / 40 per method.
@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import xai_graph  # noqa: E402
 from bench_explain import MODEL, bare, make_images  # noqa: E402
-from xai_graph.evaluate import EvalSettings, evaluate  # noqa: E402
-from xai_graph.explain import Explainer  # noqa: E402
+from xai_graph.explaining.evaluate import EvalSettings, evaluate  # noqa: E402
+from xai_graph.explaining.explainer import Explainer  # noqa: E402
 from xai_graph.runtime import open_model  # noqa: E402
 
 

@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import xai_graph  # noqa: E402
-from xai_graph.explain import Explainer  # noqa: E402
-from xai_graph.gallery import ResultWriter  # noqa: E402
-from xai_graph.images import read_image  # noqa: E402
-from xai_graph.pipeline import _prefetch, explain_files  # noqa: E402
+from xai_graph.explaining.explainer import Explainer  # noqa: E402
+from xai_graph.explaining.gallery import ResultWriter  # noqa: E402
+from xai_graph.explaining.images import read_image  # noqa: E402
+from xai_graph.explaining.pipeline import _prefetch, explain_files  # noqa: E402
 from xai_graph.runtime import open_model  # noqa: E402
 
 MODEL = ROOT / "samples" / "efficientnet_lite0.onnx"

@@ -11,8 +11,8 @@ import numpy as np
 
 import xai_graph
 from xai_graph.graph.io import load_model
-from xai_graph.images import find_images, read_image
-from xai_graph.preprocess import Preprocessing, read_model_info
+from xai_graph.explaining.images import find_images, read_image
+from xai_graph.explaining.preprocess import Preprocessing, read_model_info
 from xai_graph.runtime import open_model
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

@@ -1,4 +1,4 @@
-"""xai_graph.annotations: COCO, Pascal VOC and YOLO files written here, the committed sample boxes, bad
+"""xai_graph.explaining.annotations: COCO, Pascal VOC and YOLO files written here, the committed sample boxes, bad
 input refused in one line, and class names matched to a model's labels."""
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from xai_graph import annotations
-from xai_graph.annotations import AnnotationError, Box, match_image, match_labels, read_annotations
+from xai_graph.explaining import annotations
+from xai_graph.explaining.annotations import AnnotationError, Box, match_image, match_labels, read_annotations
 from xai_graph.errors import XaiGraphError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

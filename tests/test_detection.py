@@ -433,8 +433,8 @@ def test_explain_draws_final_detections(tmp_path):
 
 
 def test_detection_output_layouts():
-    from xai_graph.detections import find_layout, read_detections, to_image
-    from xai_graph.preprocess import Placement
+    from xai_graph.explaining.model_detections import find_layout, read_detections, to_image
+    from xai_graph.explaining.preprocess import Placement
 
     otx = find_layout({"boxes": ((2, 3, 5), False), "labels": ((2, 3), True), "feature": ((2, 8), False)})
     assert (otx.boxes, otx.scores, otx.labels, otx.batched) == ("boxes", None, "labels", True)

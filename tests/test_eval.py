@@ -17,10 +17,10 @@ import onnxruntime as ort
 import pytest
 
 from test_cli import xai_graph_cli
-from xai_graph.eval_gallery import read_boxes
-from xai_graph.evaluate import EvalSettings, evaluate
-from xai_graph.explain import Explainer
-from xai_graph.images import read_image
+from xai_graph.explaining.eval_report import read_boxes
+from xai_graph.explaining.evaluate import EvalSettings, evaluate
+from xai_graph.explaining.explainer import Explainer
+from xai_graph.explaining.images import read_image
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "samples" / "efficientnet_lite0.onnx"

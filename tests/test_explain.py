@@ -16,10 +16,10 @@ import torch
 import xai_graph
 import zoo
 from test_cli import xai_graph_cli
-from xai_graph.explain import Explainer
-from xai_graph.gallery import safe_name
-from xai_graph.preprocess import Placement, Preprocessing, model_info_metadata
-from xai_graph.render import colorize, map_to_image, overlay
+from xai_graph.explaining.explainer import Explainer
+from xai_graph.explaining.gallery import safe_name
+from xai_graph.explaining.preprocess import Placement, Preprocessing, model_info_metadata
+from xai_graph.explaining.render import colorize, map_to_image, overlay
 from xai_graph.runtime import open_model
 
 RESNET = zoo.Export("resnet", dynamo=False, opset=17, dynamic_batch=True, softmax=False)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from xai_graph.errors import XaiGraphError
-from xai_graph.images import MAX_DECODE_SIDE, ImageError, find_images, image_size, read_image
+from xai_graph.explaining.images import MAX_DECODE_SIDE, ImageError, find_images, image_size, read_image
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_IMDECODE = cv2.imdecode
@@ -103,7 +103,7 @@ def in_subprocess(path: Path | str, timeout: float = 120) -> dict:
     The child limits its address space, so a regression fails there instead of starving this machine."""
     code = """if True:
         import json, resource, sys, time
-        from xai_graph.images import ImageError, read_image
+        from xai_graph.explaining.images import ImageError, read_image
         size = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmSize"))) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (size + 2 * 2**30, size + 2 * 2**30))
         start = time.perf_counter()

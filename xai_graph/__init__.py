@@ -8,12 +8,13 @@ from importlib import import_module
 
 from xai_graph.version import __version__
 
+_EXPLAINER, _RENDER, _IO, _HEAD = ("xai_graph.explaining.explainer", "xai_graph.explaining.render",
+                                   "xai_graph.graph.io", "xai_graph.head")
 _PUBLIC = {
-    "ClassScore": "xai_graph.explain", "Explainer": "xai_graph.explain", "Explanation": "xai_graph.explain",
-    "XaiGraphError": "xai_graph.errors", "load_model": "xai_graph.graph.io", "save_ir": "xai_graph.graph.io",
-    "save_model": "xai_graph.graph.io", "head_summary": "xai_graph.head", "insert": "xai_graph.head",
-    "algorithms": "xai_graph.methods", "colorize": "xai_graph.render", "map_to_image": "xai_graph.render",
-    "overlay": "xai_graph.render",
+    "ClassScore": _EXPLAINER, "Explainer": _EXPLAINER, "Explanation": _EXPLAINER,
+    "XaiGraphError": "xai_graph.errors", "load_model": _IO, "save_ir": _IO, "save_model": _IO,
+    "head_summary": _HEAD, "insert": _HEAD, "algorithms": "xai_graph.methods",
+    "colorize": _RENDER, "map_to_image": _RENDER, "overlay": _RENDER,
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]

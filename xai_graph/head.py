@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import asdict, dataclass
 
 import onnx
 import onnx_ir as ir
@@ -19,12 +20,11 @@ from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import known_dim, shape_text, work_fraction
 from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
-from xai_graph.graph.detection import DetectorHeads, find_class_heads
+from xai_graph.graph.detection import DetectorHeads
 from xai_graph.graph.openvino_ir import Mirror, lower, make_batch_dynamic, read_ir
 from xai_graph.graph.opset import list_initializers_as_inputs, with_opset_at_least
-from xai_graph.graph.targets import Target, find_target
-from xai_graph.graph.transformer import find_transformer
-from xai_graph.methods import MethodOptions, SaliencyMethod, method_for
+from xai_graph.graph.subject import find_subject, task_of
+from xai_graph.methods import SaliencyMethod, method_for
 from xai_graph.methods.base import Saliency
 
 SALIENCY_MAP = "saliency_map"
@@ -35,28 +35,27 @@ HEAD_OUTPUTS = (SALIENCY_MAP, SALIENCY_CLASSES, FEATURE_VECTOR, DETECTION_CLASS_
 _EPSILON = 1e-12
 
 
-def insert(
-    model: ir.Model | onnx.ModelProto | str | os.PathLike,
-    algo: str = "classwisesaliencymap",
-    *,
-    target_layer: str | None = None,
-    mask: str = "gaussian",
-    score: str = "logits",
-    raw: bool = False,
-    feature_vector: bool = False,
-    replace: bool = False,
-    metadata: dict[str, str] | None = None,
-    top_k: int | None = None,
-    brute_force: bool = False,
-    check: bool = True,
-    heads: list[str] | None = None,
-    num_anchors: list[int] | None = None,
-    num_classes: int | None = None,
-    det_score: str = "softmax",
-    map_size: tuple[int, int] | None = None,
-    background: str = "auto",
-    scores: str | None = None,
-) -> ir.Model:
+@dataclass(frozen=True)
+class HeadRequest:
+    """What `insert` is asked for beyond the method's own options: where, how, and what to record."""
+
+    target_layer: str | None = None
+    scores: str | None = None
+    heads: list[str] | None = None
+    num_anchors: list[int] | None = None
+    num_classes: int | None = None
+    raw: bool = False
+    feature_vector: bool = False
+    replace: bool = False
+    metadata: dict[str, str] | None = None
+    check: bool = True
+
+
+def insert(model: ir.Model | onnx.ModelProto | str | os.PathLike, algo: str = "classwisesaliencymap", *,
+           target_layer: str | None = None, scores: str | None = None, heads: list[str] | None = None,
+           num_anchors: list[int] | None = None, num_classes: int | None = None, raw: bool = False,
+           feature_vector: bool = False, replace: bool = False, metadata: dict[str, str] | None = None,
+           check: bool = True, **method_options) -> ir.Model:
     """Return a copy of `model` with a `saliency_map` output (and `feature_vector` on request).
 
     The original outputs come first and are unchanged; `saliency_map` is uint8
@@ -64,22 +63,25 @@ def insert(
     and per class to 0..255, or the raw float32 map with `raw=True`. `metadata`
     entries (labels, preprocessing) are added to the model's metadata.
 
-    `top_k` (class-wise methods): maps only for each image's k best classes, plus
-    an int64 output `saliency_classes [B, k]` naming them. `brute_force`
-    (Recipro-CAM): clone the whole tail even where the fused form applies.
-    `check=False` skips the ONNX checker on the in-memory result, for callers that
-    save it with `save_model`, which checks the written file.
+    `method_options` are the chosen method's own (its `Options` dataclass; None means the default):
+    `top_k` (class-wise methods: maps only for each image's k best classes, plus an int64 output
+    `saliency_classes [B, k]`), Recipro-CAM's `mask`, `score`, `brute_force` (clone the whole tail even
+    where the fused form applies), DetClassProbabilityMap's `det_score`, `map_size`, `background`.
+    An option the method does not take is refused. `check=False` skips the ONNX checker on the
+    in-memory result, for callers that save it with `save_model`, which checks the written file.
 
     Single-stage detectors are recognised by their per-level class maps (or named
     with `heads`, with `num_anchors` / `num_classes` where they cannot be inferred);
-    `classwisesaliencymap` is then DetClassProbabilityMap (`det_score`, `map_size`,
-    `background`). ViT-style classifiers get ViT Recipro-CAM. `scores` names the class-score
-    output where the model has several score-shaped outputs (default: chosen by its role).
+    `classwisesaliencymap` is then DetClassProbabilityMap. ViT-style classifiers get ViT Recipro-CAM.
+    `scores` names the class-score output where the model has several score-shaped outputs (default:
+    chosen by its role).
     """
-    options = {k: v for k, v in locals().items() if k not in ("model", "algo")}
+    request = HeadRequest(target_layer=target_layer, scores=scores, heads=heads, num_anchors=num_anchors,
+                          num_classes=num_classes, raw=raw, feature_vector=feature_vector, replace=replace,
+                          metadata=metadata, check=check)
     if is_openvino(model):
-        return _insert_openvino(model, algo, **options)
-    return _insert_into(to_ir(model), algo, **options)
+        return _insert_openvino(model, algo, request, method_options)
+    return _insert_into(to_ir(model), algo, request, method_options)
 
 
 def is_openvino(model) -> bool:
@@ -89,14 +91,14 @@ def is_openvino(model) -> bool:
     return type(model).__module__.startswith("openvino")
 
 
-def _insert_openvino(model, algo: str, **options):
+def _insert_openvino(model, algo: str, request: HeadRequest, method_options: dict):
     """`insert` on OpenVINO IR: the same analysis and recipes on the model's mirror, lowered back."""
     ov_model = read_ir(model) if isinstance(model, (str, os.PathLike)) else model.clone()
     if any(SALIENCY_MAP in port.get_names() for port in ov_model.outputs):
         raise XaiGraphError("the IR already has a saliency_map output; insert into the model without it")
     dynamic = make_batch_dynamic(ov_model)
     mirror = Mirror(ov_model)
-    result = _insert_into(mirror.ir_model, algo, **{**options, "check": False})
+    result = _insert_into(mirror.ir_model, algo, dataclasses.replace(request, check=False), method_options)
     metadata = dict(result.metadata_props)
     if not dynamic:
         metadata["xai_graph.batch"] = "static: OpenVINO could not make the batch dynamic"
@@ -123,57 +125,51 @@ def head_summary(model) -> dict[str, str]:
                                                          port.get_element_type().get_type_name())}
 
 
-def _insert_into(model: ir.Model, algo: str, *, target_layer, mask, score, raw, feature_vector, replace, metadata,
-                 top_k, brute_force, check, heads, num_anchors, num_classes, det_score, map_size,
-                 background, scores) -> ir.Model:
+def _insert_into(model: ir.Model, algo: str, request: HeadRequest, method_options: dict) -> ir.Model:
     """`insert` on an onnx-ir model, in place (a model older than opset 11 is converted first)."""
     model = with_opset_at_least(model)
     graph = model.graph
     if any(out.name in HEAD_OUTPUTS for out in graph.outputs):
-        if not replace:
+        if not request.replace:
             raise XaiGraphError("the model already has a saliency_map output; pass --replace to rebuild it")
         remove_head(model)
-    options = MethodOptions(mask=mask, score=score, top_k=top_k, brute_force=brute_force, det_score=det_score,
-                            map_size=map_size, background=background)
-    detector = None if target_layer or scores else find_class_heads(model, heads, num_anchors, num_classes)
-    vit = None if target_layer or detector is not None else find_transformer(model, scores)
-    task = "detection" if detector is not None else "transformer" if vit is not None else "classification"
-    method = method_for(algo, task)(options)
-    target = detector or vit or find_target(model, target_layer, need_scores=method.class_wise, scores_name=scores)
+    target = find_subject(model, target_layer=request.target_layer, scores=request.scores, heads=request.heads,
+                          num_anchors=request.num_anchors, num_classes=request.num_classes,
+                          need_scores=method_for(algo, "classification").class_wise)
+    task = task_of(target)
+    method_class = method_for(algo, task)
+    method = method_class(method_class.options_from(method_options))
     method.check(target)
     cost = rerun_cost(model, method, target)
-    if cost is not None and cost.factor > MAX_COST and not brute_force:
+    if cost is not None and cost.factor > MAX_COST and not getattr(method.options, "brute_force", False):
         why = getattr(target, "why_cloned", "") or "no cheaper form applies"
         raise XaiGraphError(f"{method.title} ({method.form(target)}) would {cost}: {why}; use --algo activationmap "
                             "or eigencam, name a later map with --target-layer, or pass --brute-force to accept it")
-    if feature_vector and task != "classification":
+    if request.feature_vector and task != "classification":
         raise XaiGraphError(f"--feature-vector is not available for {task} models yet")
 
     builder = GraphBuilder(graph, opset=model.opset_imports.get("", 1))
     built = method.build(builder, target)
-    saliency = built.map if raw else scale_to_uint8(builder, built.map, class_wise=method.class_wise)
+    saliency = built.map if request.raw else scale_to_uint8(builder, built.map, class_wise=method.class_wise)
     map_dims = method.output_dims(target)
-    _add_output(graph, saliency, SALIENCY_MAP, ir.DataType.FLOAT if raw else ir.DataType.UINT8, map_dims)
+    _add_output(graph, saliency, SALIENCY_MAP, ir.DataType.FLOAT if request.raw else ir.DataType.UINT8, map_dims)
     if built.classes is not None:
-        _add_output(graph, built.classes, SALIENCY_CLASSES, ir.DataType.INT64, [map_dims[0], top_k])
+        _add_output(graph, built.classes, SALIENCY_CLASSES, ir.DataType.INT64, [map_dims[0], method.options.top_k])
     if built.class_scores is not None:
         _add_output(graph, built.class_scores, DETECTION_CLASS_SCORES, ir.DataType.FLOAT, map_dims[:2])
-    if feature_vector:
+    if request.feature_vector:
         layout = target.layout
         _add_output(graph, builder.reduce("ReduceMean", target.value, layout.position_axes, keepdims=False),
                     FEATURE_VECTOR, ir.DataType.FLOAT, _dims(target.value, [0, layout.channel_axis]))
 
-    model.metadata_props.update(metadata or {})
-    options_used = {"mask": mask, "score": score, "raw": raw, "top_k": top_k, "brute_force": brute_force,
-                    "feature_vector": feature_vector}
-    if detector is not None:
-        options_used.update(det_score=det_score, background=background)
+    model.metadata_props.update(request.metadata or {})
+    options_used = {**asdict(method.options), "raw": request.raw, "feature_vector": request.feature_vector}
     model.metadata_props.update(_record(algo, task, method, built, target, options_used))
     if cost is not None:
         model.metadata_props["xai_graph.cost"] = str(cost)
     _drop_unused_constants(graph)
     list_initializers_as_inputs(model)
-    if check:
+    if request.check:
         _check(model)
     return model
 
@@ -215,13 +211,13 @@ def _drop_unused_constants(graph: ir.Graph) -> None:
 
 def _record(algo: str, task: str, method: SaliencyMethod, built: Saliency, target, options: dict) -> dict[str, str]:
     """What the rewrite did, for the model's metadata."""
-    if isinstance(target, DetectorHeads):
+    if task == "detection":
         explained = _detection_metadata(target, method)
     else:
         explained = {"xai_graph.target": target.value.name,
                      "xai_graph.scores": target.scores.name if target.scores is not None else "",
                      "xai_graph.scores_activation": target.final_activation or "none"}
-        if isinstance(target, Target) and target.layout.kind != "NCHW":
+        if task == "classification" and target.layout.kind != "NCHW":
             explained["xai_graph.layout"] = target.layout.kind
     return {"xai_graph.version": __version__, "xai_graph.algorithm": algo,
             "xai_graph.method": method.title + (f" ({built.form})" if built.form else ""),

@@ -10,14 +10,14 @@ import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import shape_text
-from xai_graph.graph.detection import find_class_heads
 from xai_graph.graph.io import load_model
 from xai_graph.graph.openvino_ir import Mirror, read_ir
-from xai_graph.graph.opset import with_opset_at_least
-from xai_graph.graph.targets import find_target
-from xai_graph.graph.transformer import find_transformer
+from xai_graph.graph.opset import MIN_OPSET, with_opset_at_least
+from xai_graph.graph.detection import DetectorHeads
+from xai_graph.graph.subject import find_subject, task_of
+from xai_graph.graph.transformer import TransformerBlock
 from xai_graph.head import MAX_COST, rerun_cost
-from xai_graph.methods import MethodOptions, methods_for_task
+from xai_graph.methods import methods_for_task
 
 
 @dataclass
@@ -65,38 +65,18 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
         report.reason = str(exc)
         report.algorithms = {cls.algo: f"no: {exc}" for cls in methods_for_task("classification")}
         return report
-    detector = None if target_layer or scores else find_class_heads(model, heads)
-    if detector is not None:
-        report.task, report.reason = "detection", detector.reason
-        report.scores, report.final_activation = ", ".join(o.name for o in detector.outputs), detector.activation
-        report.detector_levels = [{"value": lv.value.name, "shape": shape_text(lv.value), "anchors": lv.anchors,
-                                   "classes": detector.num_classes, "layout": lv.layout} for lv in detector.levels]
-        report.target = detector.middle.value.name
-        report.target_shape = shape_text(detector.middle.value)
-        detection_methods = {m.algo: m for m in methods_for_task("detection")}
-        for cls in methods_for_task("classification"):
-            report.algorithms[cls.algo] = (f"yes ({detection_methods[cls.algo].title})" if cls.algo in detection_methods
-                                           else "not for detectors yet")
-        return report
-    block = None if target_layer else find_transformer(model, scores)
-    if block is not None:
-        report.task, report.reason = "transformer", block.reason
-        report.scores, report.final_activation = block.scores.name, block.final_activation
-        report.target, report.target_shape = block.tokens.name, shape_text(block.tokens)
-        transformer_methods = {m.algo: m(MethodOptions()) for m in methods_for_task("transformer")}
-        for cls in methods_for_task("classification"):
-            method = transformer_methods.get(cls.algo)
-            form = method.form(block) if method else ""
-            why = f"; {block.why_cloned}" if form == "cloned block" and block.why_cloned else ""
-            report.algorithms[cls.algo] = (_verdict(model, method, block, f"{method.title}{', ' + form if form else ''}"
-                                                    f"{why}") if method else "not for transformers yet")
-        return report
     try:
-        target = find_target(model, target_layer, scores_name=scores)
+        subject = find_subject(model, target_layer=target_layer, scores=scores, heads=heads)
     except XaiGraphError as exc:
         report.reason = str(exc)
         report.algorithms = {cls.algo: "no: no target map" for cls in methods_for_task("classification")}
         return report
+    task = task_of(subject)
+    if task == "detection":
+        return _detector_report(report, subject)
+    if task == "transformer":
+        return _transformer_report(report, model, subject)
+    target = subject
     report.scores = target.scores.name
     report.final_activation = target.final_activation
     report.pools = [{"node": p.node.name, "op": p.node.op_type, "input": p.input.name,
@@ -106,11 +86,39 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
     report.target, report.target_shape, report.reason = target.value.name, shape_text(target.value), target.reason
     for cls in methods_for_task("classification"):
         try:
-            method = cls(MethodOptions())
+            method = cls()
             method.check(target)
             report.algorithms[cls.algo] = _verdict(model, method, target, method.form(target))
         except XaiGraphError as exc:
             report.algorithms[cls.algo] = f"no: {exc}"
+    return report
+
+
+def _detector_report(report: ModelReport, heads: DetectorHeads) -> ModelReport:
+    report.task, report.reason = "detection", heads.reason
+    report.scores, report.final_activation = ", ".join(o.name for o in heads.outputs), heads.activation
+    report.detector_levels = [{"value": lv.value.name, "shape": shape_text(lv.value), "anchors": lv.anchors,
+                               "classes": heads.num_classes, "layout": lv.layout} for lv in heads.levels]
+    report.target = heads.middle.value.name
+    report.target_shape = shape_text(heads.middle.value)
+    detection_methods = {m.algo: m for m in methods_for_task("detection")}
+    for cls in methods_for_task("classification"):
+        report.algorithms[cls.algo] = (f"yes ({detection_methods[cls.algo].title})" if cls.algo in detection_methods
+                                       else "not for detectors yet")
+    return report
+
+
+def _transformer_report(report: ModelReport, model: ir.Model, block: TransformerBlock) -> ModelReport:
+    report.task, report.reason = "transformer", block.reason
+    report.scores, report.final_activation = block.scores.name, block.final_activation
+    report.target, report.target_shape = block.tokens.name, shape_text(block.tokens)
+    transformer_methods = {m.algo: m() for m in methods_for_task("transformer")}
+    for cls in methods_for_task("classification"):
+        method = transformer_methods.get(cls.algo)
+        form = method.form(block) if method else ""
+        why = f"; {block.why_cloned}" if form == "cloned block" and block.why_cloned else ""
+        report.algorithms[cls.algo] = (_verdict(model, method, block, f"{method.title}{', ' + form if form else ''}"
+                                                f"{why}") if method else "not for transformers yet")
     return report
 
 
@@ -121,3 +129,33 @@ def _verdict(model: ir.Model, method, target, form: str) -> str:
     if cost is not None and cost.factor > MAX_COST:
         return f"only with --brute-force ({detail})"
     return f"yes ({detail})" if detail else "yes"
+
+
+def format_report(report: ModelReport) -> str:
+    """`inspect`'s text: one line per fact, a fixed-width key first."""
+    opset = f"opset {report.opset}" + (f", insert raises it to {MIN_OPSET}" if report.opset < MIN_OPSET else "")
+    lines = [f"model   {report.path} ({opset if report.opset else 'OpenVINO IR'})"]
+    for kind, values in (("input ", report.inputs), ("output", report.outputs)):
+        lines += [f"{kind}  {v['name']} {v['shape']} {v['dtype']}" for v in values]
+    for key, value in report.metadata.items():
+        value = value.replace("\n", "\\n")
+        lines.append(f"meta    {key} = {value if len(value) < 60 else value[:57] + '...'}")
+    if report.scores:
+        act = f" (after {report.final_activation})" if report.final_activation else ""
+        lines.append(f"scores  {report.scores}{act}")
+    lines += [f"pool    {p['op']} '{p['node']}' on {p['input']} {p['shape']}: {p['role']}" for p in report.pools]
+    lines += [f"level   {lv['value']} {lv['shape']}: {lv['layout']}" for lv in report.detector_levels]
+    lines += [f"map   {'*' if c['name'] == report.target else ' '} {c['name']} {c['shape']}" for c in report.candidates]
+    lines.append(_task_line(report))
+    lines += [f"algo    {algo}: {verdict}" for algo, verdict in report.algorithms.items()]
+    return "\n".join(lines)
+
+
+def _task_line(report: ModelReport) -> str:
+    if report.task == "detection":
+        return f"task    detection: {report.reason}; maps sized as the middle level {report.target_shape}"
+    if report.task == "transformer":
+        return f"task    transformer: target {report.target} {report.target_shape}, {report.reason}"
+    if report.target:
+        return f"target  {report.target} {report.target_shape}: {report.reason}"
+    return f"target  none: {report.reason}"

@@ -8,12 +8,14 @@ from xai_graph.methods import (  # noqa: F401  (registration)
     vit_recipro_cam,
 )
 from xai_graph.methods.base import (
-    MethodOptions,
+    Options,
     SaliencyMethod,
     algorithms,
     method_for,
     methods_for_task,
+    option_fields,
     register_method,
 )
 
-__all__ = ["MethodOptions", "SaliencyMethod", "algorithms", "method_for", "methods_for_task", "register_method"]
+__all__ = ["Options", "SaliencyMethod", "algorithms", "method_for", "methods_for_task", "option_fields",
+           "register_method"]

@@ -6,7 +6,7 @@ A method only builds the raw float32 map from the target; everything shared
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import onnx_ir as ir
@@ -17,16 +17,41 @@ from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.targets import Target
 
 
+def option(default, help: str, flag: str, choices: tuple[str, ...] | None = None, metavar: str | None = None,
+           parse=None):
+    """A method option: its default, and what the command line needs to offer it (flag, help, choices, and
+    `parse` for text that is not the value itself, e.g. "topk:5" or "7x7")."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar,
+                                            "parse": parse})
+
+
+def parse_top_k(text: str) -> int | None:
+    """'all' -> None (a map for every class), 'topk:N' -> N."""
+    if text == "all":
+        return None
+    name, _, number = text.partition(":")
+    if name != "topk" or not number.isdigit() or int(number) < 1:
+        raise ValueError(f"{text!r}: expected 'all' or 'topk:N', e.g. topk:5")
+    return int(number)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' -> (H, W), both at least 1."""
+    try:
+        first, second = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{text!r}: expected HxW, e.g. 7x7") from None
+    if first < 1 or second < 1:
+        raise ValueError(f"{text!r}: both sides must be at least 1")
+    return first, second
+
+
 @dataclass(frozen=True)
-class MethodOptions:
-    mask: str = "gaussian"  # Recipro-CAM: "gaussian" or "onehot"
-    score: str = "logits"  # Recipro-CAM: "logits", "softmax" or "sigmoid"
-    top_k: int | None = None  # class-wise methods: maps only for each image's k best classes
-    brute_force: bool = False  # Recipro-CAM: clone the whole tail even where the fused form applies
-    det_score: str = "softmax"  # DetClassProbabilityMap: "softmax" over classes, "sigmoid" or "none"
-    map_size: tuple[int, int] | None = None  # DetClassProbabilityMap: (h, w); default the middle level's
-    background: str = "auto"  # DetClassProbabilityMap: background channel "first", "last", "none"; auto: last
-    #                           for softmax heads (OTX / mmdet convention), none for sigmoid heads
+class Options:
+    """What every method accepts; a method with options of its own extends this (one dataclass per method)."""
+
+    top_k: int | None = option(None, "Class-wise maps for every class, or only for each image's N best (adds "
+                                     "saliency_classes).", "--classes", metavar="all|topk:N", parse=parse_top_k)
 
 
 @dataclass
@@ -40,15 +65,31 @@ class Saliency:
 
 
 class SaliencyMethod:
-    """Builds a raw saliency map: [B, K, h, w] if `class_wise`, else [B, h, w]."""
+    """Builds a raw saliency map: [B, K, h, w] if `class_wise`, else [B, h, w].
+
+    A new method is one module: a subclass with its names, `build` (and `check`, `output_dims` where the
+    defaults do not fit), an `Options` dataclass if it takes options, and `@register_method`.
+    """
 
     algo: ClassVar[str]  # CLI name
     task: ClassVar[str]  # kind of model it explains
     title: ClassVar[str]  # what the docs and `inspect` call it
     class_wise: ClassVar[bool]
+    Options: ClassVar[type] = Options
 
-    def __init__(self, options: MethodOptions):
-        self.options = options
+    def __init__(self, options: Options | None = None):
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def options_from(cls, given: dict) -> Options:
+        """This method's Options from keyword options; None means "not given". An option the method does
+        not take, given with a value, is refused in one line (it would otherwise be ignored silently)."""
+        known = {f.name for f in fields(cls.Options)}
+        foreign = sorted(name for name, value in given.items() if name not in known and value not in (None, False))
+        if foreign:
+            takes = ", ".join(sorted(known)) or "none"
+            raise XaiGraphError(f"{cls.title} does not take {', '.join(foreign)} (its options: {takes})")
+        return cls.Options(**{name: value for name, value in given.items() if name in known and value is not None})
 
     def check(self, target: Target) -> None:
         """Raise XaiGraphError where this method cannot explain `target`."""
@@ -107,3 +148,12 @@ def method_for(algo: str, task: str) -> type[SaliencyMethod]:
 
 def methods_for_task(task: str) -> list[type[SaliencyMethod]]:
     return [cls for (_, t), cls in _REGISTRY.items() if t == task]
+
+
+def option_fields() -> list:
+    """Every option of every registered method, once per name (the command line offers each as one flag)."""
+    found = {}
+    for cls in _REGISTRY.values():
+        for item in fields(cls.Options):
+            found.setdefault(item.name, item)
+    return list(found.values())

@@ -15,14 +15,27 @@ which is what `explain` ranks and selects classes by.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.builder import GraphBuilder, static_dim
 from xai_graph.graph.detection import DetectorHeads, Level
-from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
+from xai_graph.methods.base import Options, Saliency, SaliencyMethod, option, parse_size, register_method
 
 DET_SCORES = ("softmax", "sigmoid", "none")
 BACKGROUNDS = ("auto", "first", "last", "none")
+
+
+@dataclass(frozen=True)
+class DetectorOptions(Options):
+    det_score: str = option("softmax", "Detectors: how DetClassProbabilityMap turns the averaged scores into "
+                                       "probabilities.", "--det-score", choices=DET_SCORES)
+    map_size: tuple[int, int] | None = option(None, "Detectors: map size [default: the middle level's].",
+                                              "--map-size", metavar="HxW", parse=parse_size)
+    background: str = option("auto", "Detectors: the background channel of softmax heads, dropped from the maps "
+                                     "(auto: last for softmax heads, as OTX/mmdet; none for sigmoid heads).",
+                             "--background", choices=BACKGROUNDS)
 
 
 @register_method
@@ -31,6 +44,7 @@ class DetClassProbabilityMap(SaliencyMethod):
     task = "detection"
     title = "DetClassProbabilityMap"
     class_wise = True
+    Options = DetectorOptions
 
     def check(self, target: DetectorHeads) -> None:
         super().check(target)

@@ -21,6 +21,8 @@ rows of its weight are used (Gather), which keeps 1000-class heads cheap.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
@@ -29,7 +31,7 @@ from xai_graph.graph.analysis import GraphIndex, constant_array
 from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.tail import clone_tail
 from xai_graph.graph.targets import Target, is_global_pool
-from xai_graph.methods.base import MethodOptions, Saliency, SaliencyMethod, register_method
+from xai_graph.methods.base import Options, Saliency, SaliencyMethod, option, register_method
 
 GAUSSIAN_KERNEL = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float32) / 16
 MASKS = ("gaussian", "onehot")
@@ -39,7 +41,17 @@ _AVERAGING_POOLS = ("GlobalAveragePool", "ReduceMean", "AveragePool")
 _SHAPE_ONLY = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout")
 
 
-def check_mask_and_score(options: MethodOptions) -> None:
+@dataclass(frozen=True)
+class ReciproCamOptions(Options):
+    mask: str = option("gaussian", "Recipro-CAM mask: 3x3 Gaussian neighbourhood or one position.", "--mask",
+                       choices=MASKS)
+    score: str = option("logits", "Recipro-CAM score read per class.", "--score", choices=SCORES)
+    brute_force: bool = option(False, "Recipro-CAM: clone the whole tail on masked maps even where the fused form "
+                                      "applies; also accepts a form that costs more than 3x the model.",
+                               "--brute-force")
+
+
+def check_mask_and_score(options: ReciproCamOptions) -> None:
     if options.mask not in MASKS:
         raise XaiGraphError(f"unknown mask {options.mask!r}; choose one of {', '.join(MASKS)}")
     if options.score not in SCORES:
@@ -61,6 +73,7 @@ class ReciproCAM(SaliencyMethod):
     task = "classification"
     title = "Recipro-CAM"
     class_wise = True
+    Options = ReciproCamOptions
 
     def check(self, target: Target) -> None:
         super().check(target)

@@ -31,7 +31,7 @@ from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.tail import clone_nodes, clone_tail
 from xai_graph.graph.transformer import Attention, TransformerBlock
 from xai_graph.methods.base import Saliency, SaliencyMethod, register_method
-from xai_graph.methods.recipro_cam import GAUSSIAN_KERNEL, check_mask_and_score, class_score
+from xai_graph.methods.recipro_cam import GAUSSIAN_KERNEL, ReciproCamOptions, check_mask_and_score, class_score
 
 CLASS_TOKEN_FORM, CLONED_FORM = "class-token attention", "cloned block"
 
@@ -59,6 +59,7 @@ class ViTReciproCAM(SaliencyMethod):
     task = "transformer"
     title = "ViT Recipro-CAM"
     class_wise = True
+    Options = ReciproCamOptions
 
     def check(self, target: TransformerBlock) -> None:
         super().check(target)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from xai_graph.preprocess import Placement
+from xai_graph.explaining.preprocess import Placement
 
 MAX_RENDER_SIDE = 2048  # maps and overlays of larger photos are rendered at this size at most
 

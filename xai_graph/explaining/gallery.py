@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 
 from xai_graph.errors import XaiGraphError
-from xai_graph.explain import Explanation
+from xai_graph.explaining.explainer import Explanation
 from xai_graph.files import (FolderLock, check_writes_spare_reads, inode, remove_stale_parts, staged_file,
                              write_atomically)
-from xai_graph.render import colorize, map_to_image, overlay, render_size, scale_raw, to_uint8
+from xai_graph.explaining.render import colorize, map_to_image, overlay, render_size, scale_raw, to_uint8
 
 PREDICTIONS = "predictions.json"
 INDEX = "index.html"

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from xai_graph.annotations import Box, read_annotations
+from xai_graph.explaining.annotations import Box, read_annotations
 from xai_graph.errors import XaiGraphError
-from xai_graph.evaluate import EvalSettings, MethodReport, evaluate, sanity_flag, summary_rows
+from xai_graph.explaining.evaluate import EvalSettings, MethodReport, evaluate, sanity_flag, summary_rows
 from xai_graph.files import FolderLock, check_writes_spare_reads, files_read_by_model, write_atomically
-from xai_graph.gallery import INDEX, JET_CSS, JET_LEGEND, ResultWriter, safe_name
-from xai_graph.images import read_image
+from xai_graph.explaining.gallery import INDEX, JET_CSS, JET_LEGEND, ResultWriter, safe_name
+from xai_graph.explaining.images import read_image
 
 METRICS = "metrics.json"
 

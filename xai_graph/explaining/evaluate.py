@@ -21,15 +21,15 @@ import cv2
 import numpy as np
 
 from xai_graph import metrics
-from xai_graph.annotations import Box, match_image, match_labels
+from xai_graph.explaining.annotations import Box, match_image, match_labels
 from xai_graph.errors import XaiGraphError
-from xai_graph.explain import Explainer, Explanation
+from xai_graph.explaining.explainer import Explainer, Explanation
 from xai_graph.files import TEMP_PREFIX, scratch_folder
 from xai_graph.graph.io import load_model, save_model
 from xai_graph.graph.randomize import randomize_last_layers
 from xai_graph.head import SALIENCY_MAP, insert
-from xai_graph.images import read_image
-from xai_graph.render import map_to_image
+from xai_graph.explaining.images import read_image
+from xai_graph.explaining.render import map_to_image
 from xai_graph.runtime import open_model
 
 __all__ = ["EvalSettings", "ImageScores", "MethodReport", "evaluate", "sanity_flag", "summary_rows"]

@@ -2,7 +2,7 @@
 
 `Explainer` owns the runtime session and the preprocessing; it instruments a
 model without `saliency_map` on the fly (in a temporary folder). Rendering and
-writing files live in `xai_graph.render` and `xai_graph.gallery`.
+writing files live in `xai_graph.explaining.render` and `xai_graph.explaining.gallery`.
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ from xai_graph.files import TEMP_PREFIX, scratch_folder
 from xai_graph.graph.runnable import check_input_dims
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.io import load_model, save_model
-from xai_graph.detections import Detection, find_layout, read_detections, to_image
-from xai_graph.graph.detection import find_class_heads
+from xai_graph.explaining.model_detections import Detection, find_layout, read_detections, to_image
 from xai_graph.graph.openvino_ir import read_ir
-from xai_graph.graph.targets import classes_of, find_scores
-from xai_graph.graph.transformer import find_transformer
+from xai_graph.graph.subject import find_subject, task_of
 from xai_graph.head import DETECTION_CLASS_SCORES, SALIENCY_CLASSES, SALIENCY_MAP, insert
 from xai_graph.methods import method_for
-from xai_graph.preprocess import Placement, Preprocessing, read_model_info
+from xai_graph.explaining.preprocess import Placement, Preprocessing, read_model_info
 from xai_graph.runtime import RUNTIMES, open_model
 
 MULTILABEL_THRESHOLD = 0.5
@@ -182,13 +180,16 @@ class Explainer:
                                     "re-insert it with `xai-graph insert --replace`")
             return model, source, False
         algo = algo or "classwisesaliencymap"
-        if find_class_heads(model) is not None or find_transformer(model) is not None:
-            top_k = None  # detectors and transformers: maps for every class (top-k heads are for CNN classifiers)
-        else:
-            class_wise = method_for(algo, "classification").class_wise
-            num_classes = classes_of(find_scores(model.graph))
-            if not class_wise or (num_classes is not None and top_k is not None and top_k >= num_classes):
-                top_k = None
+        class_wise = method_for(algo, "classification").class_wise
+        try:
+            subject = find_subject(model, need_scores=class_wise)
+        except XaiGraphError:
+            subject = None  # insert says why, in its own words
+        # Top-k heads are for class-wise maps of CNN classifiers with more classes than k.
+        cnn = subject is not None and task_of(subject) == "classification"
+        num_classes = subject.num_classes if cnn else None
+        if not (cnn and class_wise) or top_k is None or (num_classes is not None and top_k >= num_classes):
+            top_k = None
         model = insert(model, algo, raw=raw, top_k=top_k, check=False)  # save_model checks the written file
         return model, save_model(model, self._scratch() / "instrumented.onnx"), True
 

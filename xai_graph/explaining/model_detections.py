@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xai_graph.preprocess import Placement
+from xai_graph.explaining.preprocess import Placement
 
 
 @dataclass

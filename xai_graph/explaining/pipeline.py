@@ -22,11 +22,11 @@ from typing import NamedTuple
 import numpy as np
 
 from xai_graph.errors import XaiGraphError
-from xai_graph.explain import Explainer
+from xai_graph.explaining.explainer import Explainer
 from xai_graph.files import root_cause
-from xai_graph.gallery import ResultWriter, display_image
-from xai_graph.images import ImageError, read_image
-from xai_graph.preprocess import Placement
+from xai_graph.explaining.gallery import ResultWriter, display_image
+from xai_graph.explaining.images import ImageError, read_image
+from xai_graph.explaining.preprocess import Placement
 
 
 class Loaded(NamedTuple):
