@@ -21,7 +21,8 @@ from xai_graph.graph.analysis import known_dim, shape_text, work_fraction
 from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
 from xai_graph.graph.detection import DetectorHeads
-from xai_graph.graph.openvino_ir import Mirror, lower, make_batch_dynamic, read_ir
+from xai_graph.graph.openvino_ir import Mirror, make_batch_dynamic, read_ir
+from xai_graph.graph.openvino_lowering import lower
 from xai_graph.graph.opset import list_initializers_as_inputs, with_opset_at_least
 from xai_graph.graph.subject import find_subject, task_of
 from xai_graph.methods import SaliencyMethod, method_for
