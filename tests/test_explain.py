@@ -255,18 +255,28 @@ def test_empty_input_folder_is_a_clear_error(labelled_model, tmp_path):
 
 
 def test_existing_output_folder_gets_results_added_never_overwritten(labelled_model, photos, tmp_path):
+    """A rerun skips the images an earlier run explained (unchanged since, files still there); an image changed
+    since gets new files beside the old (`-1` names), never over them; --overwrite redoes every image in place."""
     out = tmp_path / "out"
     assert xai_graph_cli("explain", labelled_model, "-i", photos, "-o", out).returncode == 0
     first = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".jpg")}
     (out / "mine.txt").write_text("the user's own file")
-    assert xai_graph_cli("explain", labelled_model, "-i", photos, "-o", out).returncode == 0
+    again = xai_graph_cli("explain", labelled_model, "-i", photos, "-o", out)
+    assert again.returncode == 0 and "skipped 3 already explained" in again.stderr, again.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".jpg")} == first
+    cv2.imwrite(str(photos / "one.png"), _photo(5))  # changed since: explained again, beside the old files
+    changed = xai_graph_cli("explain", labelled_model, "-i", photos, "-o", out)
+    assert changed.returncode == 0 and "skipped 2 already explained" in changed.stderr, changed.stderr
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".jpg")}
     assert all(after[name] == data for name, data in first.items()), "an earlier result changed"
-    assert len(after) == 2 * len(first)  # the second run's files sit beside, with -1 names
+    one_files = [name for name in first if name.startswith("one_")]
+    assert len(after) == len(first) + len(one_files)  # the changed image's new files sit beside, with -1 names
     assert (out / "mine.txt").read_text() == "the user's own file"
     records = json.loads((out / "predictions.json").read_text())["images"]
-    assert all(all(f in after for f in r["files"]) for r in records)
-    assert xai_graph_cli("explain", labelled_model, "-i", photos, "-o", out, "--overwrite").returncode == 0
+    assert len(records) == 3 and all(all(f in after for f in r["files"]) for r in records)
+    assert all("-1." in f for r in records if r["image"].endswith("one.png") for f in r["files"])
+    redone = xai_graph_cli("explain", labelled_model, "-i", photos, "-o", out, "--overwrite")
+    assert redone.returncode == 0 and "skipped" not in redone.stderr
     assert len([p for p in out.iterdir() if p.suffix in (".png", ".jpg")]) == len(after)
 
 
