@@ -102,7 +102,8 @@ def explain(model, inputs, lists, list_column, outdir, engine, ray_address, work
             image_format=image_format, protected=[*model_files, *sources]))
         todo, skipped = writer.plan(sources)
         if skipped:
-            click.echo(f"skipped {skipped} already explained (unchanged since; --overwrite redoes them)", err=True)
+            click.echo(f"note: skipped {skipped} already explained (unchanged since; --overwrite redoes them)",
+                       err=True)
         show_bar = not quiet and len(todo) > 3
         bar = click.progressbar(length=len(todo), label="explaining", file=sys.stderr) if show_bar else None
         with bar or contextlib.nullcontext():

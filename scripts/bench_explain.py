@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--image-format", default="png", choices=["png", "jpg"])
     parser.add_argument("--top-k", type=int, default=5, help="class-wise heads: maps for the k best classes (0: all)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="ray: also the Ray engine with 1 and 2 workers, into files and into Parquet")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -108,6 +110,11 @@ def main() -> None:
         print(f"bare inference (decode+preprocess+model): {b:7.1f} images/s")
         print(f"explain (+ head, render, write):          {e:7.1f} images/s")
         print(f"explain / bare:                           {e / b:7.2f}")
+        if args.engine == "ray":  # the Ray engine's rows, on the same images (scripts/bench_explain_ray.py)
+            from bench_explain_ray import print_rows, ray_rows
+
+            print_rows(ray_rows(instrumented, args.runtime, paths, args.batch_size, args.image_format, tmp,
+                                args.repeat), e)
 
 
 if __name__ == "__main__":
