@@ -22,6 +22,7 @@ from xai_graph.explaining.gallery import ResultWriter
 from xai_graph.explaining.images import find_images
 from xai_graph.explaining.pipeline import RunInterrupted, explain_files
 from xai_graph.explaining.preprocess import RESIZE_TYPES, model_info_metadata
+from xai_graph.formats import IR, companion_files, output_for
 from xai_graph.files import check_writes_spare_reads, files_read_by_model, read_small_text, root_cause
 from xai_graph.report import describe, format_report
 from xai_graph.runtime import RUNTIMES, verify_loads
@@ -55,7 +56,7 @@ class _Group(click.Group):
             click.echo(str(exc), err=True)
             sys.exit(130)
         except XaiGraphError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {exc.worded(_flags_of(self, ctx.invoked_subcommand))}", err=True)
             sys.exit(1)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
@@ -74,6 +75,23 @@ class _Group(click.Group):
             click.echo(f"error: internal error ({type(exc).__name__}: {root_cause(exc)}); please report it with the "
                        "model (run with --debug or XAI_GRAPH_DEBUG=1 for the traceback)", err=True)
             sys.exit(2)
+
+
+def _flags_of(group: click.Group, command_name: str | None):
+    """Words options in the library's messages as this command's flags (`target_layer` -> `--target-layer`):
+    the running command's own first, then any command's, so one keyword always reads as the flag typed."""
+    running = group.commands.get(command_name or "")
+    flags: dict[str, str] = {}
+    for command in [running, *group.commands.values()]:
+        for param in command.params if command else []:
+            long = [opt for opt in param.opts if opt.startswith("--")]
+            if long:
+                flags.setdefault(param.name, long[0])
+
+    def flag(name: str, value: str | None) -> str:
+        text = flags.get(name, "--" + name.replace("_", "-"))
+        return text if value is None else f"{text} {value}"
+    return flag
 
 
 def _interrupt(signum, frame) -> None:
@@ -97,7 +115,7 @@ def main(debug):
 @click.option("--target-layer", metavar="NAME", help="Value or node whose output is the map to explain.")
 @click.option("--scores", metavar="OUTPUT",
               help="Classifiers: the class-score output to explain [default: chosen by its role in the graph].")
-@click.option("--head", "heads", multiple=True, metavar="VALUE",
+@click.option("--class-map", "--head", "class_maps", multiple=True, metavar="VALUE",
               help="Detectors: a per-level class-score map [B, A*K, h, w] (repeatable); found automatically otherwise.")
 @click.option("--num-anchors", metavar="A[,A...]", help="Detectors: anchors per level (one value for all levels).")
 @click.option("--num-classes", type=int, help="Detectors: number of classes K.")
@@ -114,20 +132,12 @@ def main(debug):
 @click.option("--bgr/--rgb", default=None, help="Record that the model takes BGR (or RGB) input.")
 @click.option("--resize", type=click.Choice(RESIZE_TYPES), help="Record the resize the model expects.")
 @method_option_flags
-def insert(model, algo, output, target_layer, scores, heads, num_anchors, num_classes, raw, feature_vector, replace,
-           out_format, compress_fp16, labels, mean, std, bgr, resize, **method_options):
+def insert(model, algo, output, target_layer, scores, class_maps, num_anchors, num_classes, raw, feature_vector,
+           replace, out_format, compress_fp16, labels, mean, std, bgr, resize, **method_options):
     """Insert a saliency head into MODEL (.onnx or OpenVINO .xml); write ONNX, or OpenVINO IR with --format ir /
     -o OUT.xml (always IR for an IR input)."""
-    from_ir = model.suffix == ".xml"
-    out_format = out_format or ("ir" if from_ir or (output is not None and output.suffix == ".xml") else "onnx")
-    if from_ir and (out_format == "onnx" or (output is not None and output.suffix != ".xml")):
-        raise XaiGraphError("an OpenVINO IR is rewritten as IR: write to OUT.xml (there is no way back to ONNX)")
-    output = output or model.with_name(model.stem + ("_xai.xml" if out_format == "ir" else "_xai.onnx"))
-    if output.suffix not in (".onnx", ".xml"):
-        raise XaiGraphError(f"{output}: the output must end with .onnx (ONNX) or .xml (OpenVINO IR)")
-    if out_format == "ir" and output.suffix != ".xml":
-        raise XaiGraphError(f"{output}: --format ir writes OUT.xml (and OUT.bin)")
-    writes = [output, output.with_suffix(".bin")] if out_format == "ir" else [output, Path(f"{output}.data")]
+    output, out_format = output_for(model, output, out_format)
+    writes = [output, *companion_files(output)]
     check_writes_spare_reads(writes, files_read_by_model(model) + ([labels] if labels else []))
     start = time.perf_counter()
     label_list = read_small_text(labels).splitlines() if labels else None
@@ -135,11 +145,12 @@ def insert(model, algo, output, target_layer, scores, heads, num_anchors, num_cl
                                         mean=mean, std=std, bgr=bgr, resize=resize)
     result = xai_graph.insert(model, algo, target_layer=target_layer, raw=raw, feature_vector=feature_vector,
                               replace=replace, metadata=preprocessing if len(preprocessing) > 1 else None,
-                              heads=list(heads) or None, num_anchors=ints_option(num_anchors, "--num-anchors"),
+                              class_maps=list(class_maps) or None,
+                              num_anchors=ints_option(num_anchors, "--num-anchors"),
                               num_classes=num_classes, scores=scores,
                               check=False,  # save_model checks the written file
                               **method_options)  # only those given: each method refuses what it does not take
-    if out_format == "ir":  # written only once its runtime has loaded it
+    if out_format == IR:  # written only once its runtime has loaded it
         xai_graph.save_ir(result, output, compress_fp16=compress_fp16, verify=verify_loads)
     else:
         xai_graph.save_model(result, output, verify=verify_loads)
@@ -152,13 +163,13 @@ def insert(model, algo, output, target_layer, scores, heads, num_anchors, num_cl
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target-layer", metavar="NAME", help="Check this value or node as the target.")
-@click.option("--head", "heads", multiple=True, metavar="VALUE",
+@click.option("--class-map", "--head", "class_maps", multiple=True, metavar="VALUE",
               help="Detectors: class maps, or the class-score output they reach, as for insert (repeatable).")
 @click.option("--scores", metavar="OUTPUT", help="Classifiers: the class-score output, as for insert.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(model, target_layer, heads, scores, as_json):
+def inspect(model, target_layer, class_maps, scores, as_json):
     """Show MODEL's inputs, outputs, candidate target maps and which algorithms apply."""
-    report = describe(model, target_layer, list(heads) or None, scores)
+    report = describe(model, target_layer, list(class_maps) or None, scores)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
 
 

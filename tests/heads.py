@@ -10,7 +10,7 @@ import reference
 import xai_graph
 from xai_graph.runtime import open_model
 
-CLASS_WISE = {"classwisesaliencymap": True, "activationmap": False, "eigencam": False}
+CLASS_WISE = {"classwisesaliencymap": True, "activationmap": False, "eigencam": False, "maxactivation": False}
 
 
 def instrument(path: Path, out_dir: Path, algo: str, **options) -> tuple[Path, Path, str]:

@@ -102,7 +102,7 @@ def test_bench_measures_every_variant_side_by_side(workdir):
                            "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    variants = {"original", "activationmap", "eigencam", "classwisesaliencymap (fused)",
+    variants = {"original", "activationmap", "eigencam", "maxactivation", "classwisesaliencymap (fused)",
                 "classwisesaliencymap (cloned tail)"}
     for runtime in ("onnxruntime", "openvino"):
         for batch in (1, 2):

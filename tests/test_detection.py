@@ -15,7 +15,7 @@ from torch import nn
 import xai_graph
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import spatial_size
-from xai_graph.graph.detection import find_class_heads
+from xai_graph.graph.detection import find_class_maps
 from xai_graph.graph.io import load_model
 from xai_graph.runtime import open_model
 
@@ -138,7 +138,7 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
                     blocks: tuple[int, int] | None = None, **options) -> None:
     """Maps against numpy in both runtimes. `blocks` = (P, o): the test's own reading of every level's channels
     as A blocks of P with the classes at o (YOLOv5); without it, the class channels the finder chose."""
-    heads = find_class_heads(load_model(path), **options)
+    heads = find_class_maps(load_model(path), **options)
     assert heads is not None and len(heads.levels) == expect_levels, heads and heads.reason
     assert [lv.anchors for lv in heads.levels] == expect_anchors and heads.num_classes == expect_k
     names = [lv.value.name for lv in heads.levels]
@@ -170,6 +170,9 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
     for runtime in ("onnxruntime", "openvino"):
         reference.assert_close_raw(open_model(am, runtime)(feeds)["saliency_map"], reference.activation_map(neck),
                                    f"detector activationmap in {runtime}")
+    peak = xai_graph.save_model(xai_graph.insert(path, "maxactivation", raw=True, **options), tmp_path / "max.onnx")
+    reference.assert_close_raw(open_model(peak)(feeds)["saliency_map"], neck.max(axis=1).astype(np.float64),
+                               "detector maxactivation")
 
 
 def _class_logits(x: np.ndarray, level, k: int, blocks: tuple[int, int] | None) -> np.ndarray:
@@ -252,7 +255,7 @@ def test_ssd_like_softmax_head_drops_the_background(dynamo, tmp_path):
                           output_names=["scores", "boxes"])
     feeds = {"image": np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)}
     _check_detector(path, feeds, tmp_path, 2, [2, 2], 4, background=slice(0, 3))  # background last, dropped
-    heads = find_class_heads(load_model(path))
+    heads = find_class_maps(load_model(path))
     assert heads.activation == "Softmax"
     first = xai_graph.insert(path, raw=True, background="first")
     assert next(d for d in first.graph.outputs if d.name == "saliency_map").shape[1] == 3
@@ -292,7 +295,7 @@ def test_classifier_is_not_taken_for_a_detector(exported):
     import zoo
 
     path, _, _ = exported(zoo.Export("resnet", dynamo=False, opset=17, dynamic_batch=True, softmax=True))
-    assert find_class_heads(load_model(path)) is None
+    assert find_class_maps(load_model(path)) is None
 
 
 def test_cli_inspect_and_insert_on_a_detector(tmp_path):
@@ -334,7 +337,7 @@ def test_a_model_without_class_maps_gets_told_what_was_searched(tmp_path):
     torch.onnx.export(RawScores().eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
                       input_names=["image"], output_names=["scores", "features"])
     result = xai_graph_cli("insert", path, "-o", tmp_path / "out.onnx")
-    assert result.returncode == 1 and "--head" in result.stderr and "activationmap" in result.stderr
+    assert result.returncode == 1 and "--class-map" in result.stderr and "activationmap" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.onnx").exists()
     # What the message offers works: a class-agnostic map of a named layer.
     names = [n.output[0] for n in __import__("onnx").load(str(path)).graph.node if n.op_type == "Relu"]
@@ -374,14 +377,14 @@ def test_explain_a_detector_on_a_document(tmp_path):
     assert len(scores) == 10 and scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
     over = [c["id"] for c in record["top"] if c["score"] >= 0.5]
     assert [c["id"] for c in record["explained"]] == (over or [record["top"][0]["id"]])
-    title_map = cv2.imread(str(out / "page_title_saliency_map.png")) if "page_title_saliency_map.png" in \
-        record["files"] else None
+    title_map = cv2.imread(str(out / "page_title_saliency_map.png"), cv2.IMREAD_UNCHANGED) \
+        if "page_title_saliency_map.png" in record["files"] else None
     if title_map is None:  # title not among the explained classes: ask for it
         assert xai_graph_cli("explain", model, "-i", page, "-o", out, "--classes", "title").returncode == 0
-        title_map = cv2.imread(str(next(out.glob("page_title_saliency_map*.png"))))
-    red = title_map[:, :, 2].astype(int) - title_map[:, :, 0].astype(int)  # JET: red - blue
-    y, _ = np.unravel_index(np.argmax(red), red.shape)
-    assert y < 0.2 * red.shape[0], f"the title map peaks at row {y} of {red.shape[0]}"
+        title_map = cv2.imread(str(next(out.glob("page_title_saliency_map*.png"))), cv2.IMREAD_UNCHANGED)
+    assert title_map.ndim == 2  # the head's map as it is: 8-bit grayscale, 255 = most salient
+    y, _ = np.unravel_index(np.argmax(title_map), title_map.shape)
+    assert y < 0.2 * title_map.shape[0], f"the title map peaks at row {y} of {title_map.shape[0]}"
 
 
 class RetinaNetWithDetections(RetinaNetLike):
@@ -411,7 +414,8 @@ def test_explain_draws_final_detections(tmp_path):
     image = (np.random.default_rng(7).random((256, 256, 3)) * 255).astype(np.uint8)  # 2x the input size
     cv2.imwrite(str(tmp_path / "photo.png"), image)
     out = tmp_path / "out"
-    result = xai_graph_cli("explain", path, "-i", tmp_path / "photo.png", "-o", out, "--box-threshold", "0")
+    result = xai_graph_cli("explain", path, "-i", tmp_path / "photo.png", "-o", out, "--box-threshold", "0",
+                           "--image-format", "png")  # lossless overlays: the box outline is checked pixel by pixel
     assert result.returncode == 0, result.stderr
     record = json.loads((out / "predictions.json").read_text())["images"][0]
     x = cv2.resize(image[:, :, ::-1], (128, 128), interpolation=cv2.INTER_LINEAR).astype(np.float32)
@@ -475,7 +479,7 @@ def test_class_maps_behind_final_detections_are_found(tmp_path):
     feeds = {"image": np.random.default_rng(9).standard_normal((2, 3, 128, 128)).astype(np.float32)}
     # Behind post-processing no output is shaped [B, N, K]: 12 channels read as 1 anchor x 12 classes
     # (the documented fallback, shown by inspect), and --num-classes 4 gives the true 3 x 4.
-    unhinted = find_class_heads(load_model(path))
+    unhinted = find_class_maps(load_model(path))
     assert (unhinted.num_classes, [lv.anchors for lv in unhinted.levels]) == (12, [1, 1, 1])
     _check_detector(path, feeds, tmp_path, 3, [3, 3, 3], 4, num_classes=4)
 
@@ -556,7 +560,7 @@ def test_yolov5_anchor_blocks_read_classes_only(classes, dynamo, tmp_path):
     path = tmp_path / "yolov5.onnx"
     _export(YOLOv5Like(classes).eval(), torch.randn(2, 3, 64, 64), path, ["output0"], dynamo)
     feeds = {"image": np.random.default_rng(4).standard_normal((3, 3, 64, 64)).astype(np.float32)}
-    heads = find_class_heads(load_model(path))
+    heads = find_class_maps(load_model(path))
     assert [(lv.per_anchor, lv.class_offset) for lv in heads.levels] == [(5 + classes, 5)] * 3
     noun = "classes" if classes > 1 else "class"
     assert heads.levels[0].layout == f"3 anchors x (4 box + 1 objectness + {classes} {noun})"
@@ -572,7 +576,7 @@ def test_single_class_yolox_sets_objectness_aside(dynamo, tmp_path):
     path = tmp_path / "yolox1.onnx"
     _export(YOLOXLike(classes=1).eval(), torch.randn(2, 3, 64, 64), path, ["detections"], dynamo)
     feeds = {"image": np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)}
-    heads = find_class_heads(load_model(path))
+    heads = find_class_maps(load_model(path))
     assert all(_reads_module(lv.value, "cls") for lv in heads.levels), [lv.value.name for lv in heads.levels]
     assert "objectness" in heads.levels[0].layout
     _check_detector(path, feeds, tmp_path, 3, [1, 1, 1], 1)
@@ -597,7 +601,7 @@ def test_one_channel_maps_that_nothing_tells_apart_are_refused(tmp_path):
     path = tmp_path / "separate.onnx"
     _export(Separate(classes=1).eval(), torch.randn(1, 3, 64, 64), path, ["objectness", "scores"], False)
     with pytest.raises(XaiGraphError, match="cannot tell objectness from the class map"):
-        find_class_heads(load_model(path))
+        find_class_maps(load_model(path))
 
 
 def test_per_level_output_maps_take_anchors_from_the_box_maps(tmp_path):
@@ -606,11 +610,11 @@ def test_per_level_output_maps_take_anchors_from_the_box_maps(tmp_path):
     path = tmp_path / "maps.onnx"
     _export(PerLevelMaps().eval(), torch.randn(2, 3, 128, 128), path, names, False)
     feeds = {"image": np.random.default_rng(6).standard_normal((3, 3, 128, 128)).astype(np.float32)}
-    heads = find_class_heads(load_model(path))
+    heads = find_class_maps(load_model(path))
     assert [lv.value.name for lv in heads.levels] == names[:3] and heads.activation is None
     assert heads.levels[0].layout == "9 anchors x 5 classes; box map 'box_0' has 4 x 9 channels"
     _check_detector(path, feeds, tmp_path, 3, [9, 9, 9], 5)
-    _check_detector(path, feeds, tmp_path, 3, [9, 9, 9], 5, heads=names[:3])  # named: the same reading
+    _check_detector(path, feeds, tmp_path, 3, [9, 9, 9], 5, class_maps=names[:3])  # named: the same reading
     _batch_one_is_batch_three(path, feeds, tmp_path)
 
 
@@ -620,9 +624,9 @@ def test_per_level_maps_of_equal_width_are_refused_unless_named(tmp_path):
     path = tmp_path / "maps.onnx"
     _export(PerLevelMaps(classes=4).eval(), torch.randn(1, 3, 128, 128), path, names, False)
     with pytest.raises(XaiGraphError, match="cannot tell the class maps from the box maps"):
-        find_class_heads(load_model(path))
+        find_class_maps(load_model(path))
     feeds = {"image": np.random.default_rng(7).standard_normal((1, 3, 128, 128)).astype(np.float32)}
-    _check_detector(path, feeds, tmp_path, 3, [9, 9, 9], 4, heads=names[:3])
+    _check_detector(path, feeds, tmp_path, 3, [9, 9, 9], 4, class_maps=names[:3])
 
 
 @pytest.mark.parametrize("family", ["yolov8", "yolov5"])
@@ -634,7 +638,7 @@ def test_free_input_size_exports(family, tmp_path):
     _export_free_size(model.eval(), torch.randn(1, 3, 64, 64), path, ["detections"])
     assert spatial_size(load_model(path).graph.inputs[0]) == (None, None)
     feeds = {"image": np.random.default_rng(8).standard_normal((3, 3, 96, 128)).astype(np.float32)}
-    heads = find_class_heads(load_model(path))
+    heads = find_class_maps(load_model(path))
     assert heads is not None and "sizes read at run time" in heads.reason
     anchors = [1, 1, 1] if family == "yolov8" else [3, 3, 3]
     _check_detector(path, feeds, tmp_path, 3, anchors, 3, blocks=blocks)

@@ -41,10 +41,11 @@ def test_eval_ranks_every_method_and_writes_its_reports(evaluation):
     assert result.returncode == 0, result.stderr
     table = result.stdout.splitlines()
     assert table[0].startswith("rank") and "deletion" in table[0]
-    ranked = [line.split()[0] for line in table[1:4]]
-    assert ranked == ["1", "2", "3"], result.stdout
+    ranked = [line.split()[0] for line in table[1:5]]
+    assert ranked == ["1", "2", "3", "4"], result.stdout
     report = json.loads((out / "metrics.json").read_text())
-    assert {m["algo"] for m in report["methods"]} == {"activationmap", "eigencam", "classwisesaliencymap"}
+    assert {m["algo"] for m in report["methods"]} == {"activationmap", "eigencam", "maxactivation",
+                                                         "classwisesaliencymap"}
     for method in report["methods"]:
         assert len(method["images"]) == 4 and all(i["error"] is None for i in method["images"])
         for image in method["images"]:
@@ -54,7 +55,7 @@ def test_eval_ranks_every_method_and_writes_its_reports(evaluation):
         records = json.loads((gallery / "predictions.json").read_text())["images"]
         assert all((gallery / f).is_file() for r in records for f in r["files"])
     page = (out / "index.html").read_text()
-    assert page.count("<figure>") == 12 and "pointing: " in page
+    assert page.count("<figure>") == 16 and "pointing: " in page
     assert not [p for p in out.rglob(".xai-graph*")]  # no lock, journal or part left
 
 

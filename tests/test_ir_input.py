@@ -127,7 +127,7 @@ def test_explain_instruments_a_plain_ir_on_the_fly(exported, tmp_path):
     result = xai_graph_cli("explain", xml, "-i", tmp_path / "photo.png", "-o", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert "instrumented on the fly" in result.stderr
-    assert any(p.name.endswith("_overlay.png") for p in (tmp_path / "out").iterdir())
+    assert any(p.name.endswith("_overlay.jpg") for p in (tmp_path / "out").iterdir())
 
 
 def test_static_batch_that_cannot_be_freed(tmp_path):
@@ -317,7 +317,7 @@ def test_scores_chosen_by_role_in_onnx_and_ir(order, tmp_path):
         assert meta["xai_graph.scores"] == "logits", source
     images = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     compare_paths(path, xml, tmp_path, images, "classwisesaliencymap")
-    with pytest.raises(xai_graph.XaiGraphError, match="--scores 'nope' is not an output"):
+    with pytest.raises(xai_graph.XaiGraphError, match="scores=.nope. is not an output"):
         xai_graph.insert(path, scores="nope")
     named = xai_graph.insert(path, "activationmap", scores="embedding")
     assert named.metadata_props["xai_graph.scores"] == "embedding"

@@ -32,7 +32,8 @@ def test_vit_recipro_cam_matches_the_definition(attention, distilled, how, tmp_p
     with torch.no_grad():
         tokens = model.tokens(torch.from_numpy(images)).numpy()
     for algo, expected in [("classwisesaliencymap", vit_recipro_cam(model, torch.from_numpy(images))),
-                           ("activationmap", tokens[:, model.extra:].mean(-1).reshape(3, 4, 4))]:
+                           ("activationmap", tokens[:, model.extra:].mean(-1).reshape(3, 4, 4)),
+                           ("maxactivation", tokens[:, model.extra:].max(-1).reshape(3, 4, 4))]:
         u8 = xai_graph.save_model(xai_graph.insert(path, algo), tmp_path / f"{algo}_u8.onnx")
         raw_model = xai_graph.insert(path, algo, raw=True)
         raw = xai_graph.save_model(raw_model, tmp_path / f"{algo}_raw.onnx")
@@ -41,7 +42,7 @@ def test_vit_recipro_cam_matches_the_definition(attention, distilled, how, tmp_p
         alone = open_model(raw)({"image": images[1:2]})["saliency_map"][0]
         together = open_model(raw)({"image": images})["saliency_map"][1]
         reference.assert_close_raw(alone, together.astype(np.float64), "batch 1 vs 3", rel=1e-5)
-    assert raw_model.metadata_props["xai_graph.method"] == "ActivationMap"
+    assert raw_model.metadata_props["xai_graph.method"] == "MaxActivation"
     # The class-token form equals the brute-force cloned block (which cannot run dynamo's MultiheadAttention).
     if (attention, how) != ("mha", "dynamo18"):
         cheap = xai_graph.insert(path, raw=True)
@@ -74,9 +75,10 @@ def test_head_reading_every_token_gets_the_cloned_block(tmp_path):
     model = TinyViT("fused", pool="mean").eval()
     path = export(model, tmp_path / "vit.onnx")
     block = find_transformer(load_model(path))
-    assert block.attention is None and "head reads more than the class" in block.why_cloned
+    assert block.attention is None and "classifier reads more than the class" in block.why_cloned
     with pytest.raises(xai_graph.XaiGraphError, match=r"re-run \d+% of the graph per position .* about [\d.]+x "
-                                                      r"the model's cost: the head reads more .* --brute-force"):
+                                                      r"the model's cost: the classifier reads more .* "
+                                                      r"brute_force=True"):
         xai_graph.insert(path)
     images = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
     raw_model = xai_graph.insert(path, raw=True, brute_force=True)
@@ -136,4 +138,4 @@ def test_explain_a_vit_instrumented_on_the_fly(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "instrumented on the fly" in result.stderr
     record = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"][0]
-    assert len(record["explained"]) == 1 and any(f.endswith("_overlay.png") for f in record["files"])
+    assert len(record["explained"]) == 1 and any(f.endswith("_overlay.jpg") for f in record["files"])

@@ -23,11 +23,11 @@ import numpy as np
 
 from xai_graph.errors import XaiGraphError
 from xai_graph.files import TEMP_PREFIX, scratch_folder
-from xai_graph.graph.analysis import known_dim
-from xai_graph.graph.io import load_model, save_model
-from xai_graph.graph.openvino_ir import read_ir
+from xai_graph.graph.io import save_model
+from xai_graph.graph.model_file import ModelFile
 from xai_graph.head import head_summary, insert
 from xai_graph.runtime import open_model
+from xai_graph.formats import companion_files, is_ir
 
 
 @dataclass
@@ -57,8 +57,7 @@ class Measurement:
 
 
 def _file_size(path: Path) -> int:
-    data = path.with_suffix(".bin") if path.suffix == ".xml" else Path(str(path) + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    return sum(file.stat().st_size for file in [path, *companion_files(path)] if file.exists())
 
 
 def prepare_variants(model: Path, algos: list[str], folder: Path, top_k: int | None = None,
@@ -121,14 +120,7 @@ def peak_memory_mb(path: Path, runtime: str, name: str, shape: tuple[int, ...]) 
 
 
 def input_shape(model: Path, batch: int, size: tuple[int, int] | None) -> tuple[str, tuple[int, ...]]:
-    if model.suffix == ".xml":
-        port = read_ir(model).inputs[0]
-        name = port.get_any_name()
-        dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-    else:
-        graph_input = next(v for v in load_model(model).graph.inputs if not v.is_initializer())
-        name = graph_input.name
-        dims = [known_dim(d) if isinstance(known_dim(d), int) else None for d in graph_input.shape]
+    name, dims = ModelFile(model).first_input()
     if len(dims) == 4 and size:
         if dims[1] in (1, 3):
             dims[2], dims[3] = size[1], size[0]
@@ -192,7 +184,7 @@ def benchmark(model: str | os.PathLike, algos: list[str], runtimes: list[str], b
     """Measurements for every variant, runtime and batch; and the algorithms skipped, with why.
     An OpenVINO IR runs in OpenVINO only. `on_skipped(skipped)` is called once the variants are built and
     `on_rows(rows)` as each runtime and batch finishes, so a caller can show progress."""
-    if Path(model).suffix == ".xml":
+    if is_ir(model):
         runtimes = ["openvino"]
     with scratch_folder(Path(tempfile.gettempdir()), TEMP_PREFIX) as folder:  # removed after a kill -9 too
         variants, skipped = prepare_variants(Path(model), algos, folder, top_k=top_k)

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from xai_graph.errors import XaiGraphError
+from xai_graph.formats import companion_files, is_ir
 
 SCRATCH_PREFIX = ".xai-graph-"  # staging folders beside outputs, partial files in output folders
 TEMP_PREFIX = "xai-graph-"  # models instrumented on the fly, in the system's temporary folder
@@ -43,8 +44,8 @@ FILE_MODE = 0o666 & ~_process_umask()  # what open() would give a new file
 def files_read_by_model(path: str | os.PathLike) -> list[Path]:
     """The files loading `path` reads: an ONNX model and its external data files, or an IR's .xml and .bin."""
     path = Path(path)
-    if path.suffix == ".xml":
-        return [path, path.with_suffix(".bin")]
+    if is_ir(path):
+        return [path, *companion_files(path)]
     files = [path]
     if not path.is_file():  # never open a FIFO or a device here: the loader refuses them in one line
         return files

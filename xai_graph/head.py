@@ -16,15 +16,15 @@ import onnx
 import onnx_ir as ir
 
 from xai_graph.version import __version__
-from xai_graph.errors import XaiGraphError
+from xai_graph.errors import XaiGraphError, option_text
+from xai_graph.formats import is_ir
 from xai_graph.graph.analysis import known_dim, shape_text, work_fraction
 from xai_graph.graph.builder import NAME_PREFIX, GraphBuilder
 from xai_graph.graph.io import to_ir, uses_external_data
-from xai_graph.graph.detection import DetectorHeads
 from xai_graph.graph.openvino_ir import Mirror, make_batch_dynamic, read_ir
 from xai_graph.graph.openvino_lowering import lower
 from xai_graph.graph.opset import list_initializers_as_inputs, with_opset_at_least
-from xai_graph.graph.subject import find_subject, task_of
+from xai_graph.graph.subject import Subject, find_subject
 from xai_graph.methods import SaliencyMethod, method_for
 from xai_graph.methods.base import Saliency
 
@@ -42,7 +42,7 @@ class HeadRequest:
 
     target_layer: str | None = None
     scores: str | None = None
-    heads: list[str] | None = None
+    class_maps: list[str] | None = None
     num_anchors: list[int] | None = None
     num_classes: int | None = None
     raw: bool = False
@@ -53,7 +53,7 @@ class HeadRequest:
 
 
 def insert(model: ir.Model | onnx.ModelProto | str | os.PathLike, algo: str = "classwisesaliencymap", *,
-           target_layer: str | None = None, scores: str | None = None, heads: list[str] | None = None,
+           target_layer: str | None = None, scores: str | None = None, class_maps: list[str] | None = None,
            num_anchors: list[int] | None = None, num_classes: int | None = None, raw: bool = False,
            feature_vector: bool = False, replace: bool = False, metadata: dict[str, str] | None = None,
            check: bool = True, **method_options) -> ir.Model:
@@ -72,24 +72,17 @@ def insert(model: ir.Model | onnx.ModelProto | str | os.PathLike, algo: str = "c
     in-memory result, for callers that save it with `save_model`, which checks the written file.
 
     Single-stage detectors are recognised by their per-level class maps (or named
-    with `heads`, with `num_anchors` / `num_classes` where they cannot be inferred);
+    with `class_maps`, with `num_anchors` / `num_classes` where they cannot be inferred);
     `classwisesaliencymap` is then DetClassProbabilityMap. ViT-style classifiers get ViT Recipro-CAM.
     `scores` names the class-score output where the model has several score-shaped outputs (default:
     chosen by its role).
     """
-    request = HeadRequest(target_layer=target_layer, scores=scores, heads=heads, num_anchors=num_anchors,
+    request = HeadRequest(target_layer=target_layer, scores=scores, class_maps=class_maps, num_anchors=num_anchors,
                           num_classes=num_classes, raw=raw, feature_vector=feature_vector, replace=replace,
                           metadata=metadata, check=check)
-    if is_openvino(model):
+    if is_ir(model):
         return _insert_openvino(model, algo, request, method_options)
     return _insert_into(to_ir(model), algo, request, method_options)
-
-
-def is_openvino(model) -> bool:
-    """An OpenVINO IR path (.xml) or an `openvino.Model`."""
-    if isinstance(model, (str, os.PathLike)):
-        return str(model).endswith(".xml")
-    return type(model).__module__.startswith("openvino")
 
 
 def _insert_openvino(model, algo: str, request: HeadRequest, method_options: dict):
@@ -132,22 +125,24 @@ def _insert_into(model: ir.Model, algo: str, request: HeadRequest, method_option
     graph = model.graph
     if any(out.name in HEAD_OUTPUTS for out in graph.outputs):
         if not request.replace:
-            raise XaiGraphError("the model already has a saliency_map output; pass --replace to rebuild it")
+            raise XaiGraphError(f"the model already has a saliency_map output; pass {option_text('replace')} to "
+                                f"rebuild it")
         remove_head(model)
-    target = find_subject(model, target_layer=request.target_layer, scores=request.scores, heads=request.heads,
-                          num_anchors=request.num_anchors, num_classes=request.num_classes,
-                          need_scores=method_for(algo, "classification").class_wise)
-    task = task_of(target)
+    target = find_subject(model, target_layer=request.target_layer, scores=request.scores,
+                          class_maps=request.class_maps, num_anchors=request.num_anchors,
+                          num_classes=request.num_classes, need_scores=method_for(algo, "classification").class_wise)
+    task = target.task
     method_class = method_for(algo, task)
     method = method_class(method_class.options_from(method_options))
     method.check(target)
     cost = rerun_cost(model, method, target)
     if cost is not None and cost.factor > MAX_COST and not getattr(method.options, "brute_force", False):
         why = getattr(target, "why_cloned", "") or "no cheaper form applies"
-        raise XaiGraphError(f"{method.title} ({method.form(target)}) would {cost}: {why}; use --algo activationmap "
-                            "or eigencam, name a later map with --target-layer, or pass --brute-force to accept it")
+        raise XaiGraphError(f"{method.title} ({method.form(target)}) would {cost}: {why}; use "
+                            f"{option_text('algo', 'activationmap')} or eigencam, name a later map with "
+                            f"{option_text('target_layer', 'NAME')}, or pass {option_text('brute_force')} to accept it")
     if request.feature_vector and task != "classification":
-        raise XaiGraphError(f"--feature-vector is not available for {task} models yet")
+        raise XaiGraphError(f"{option_text('feature_vector')} is not available for {task} models yet")
 
     builder = GraphBuilder(graph, opset=model.opset_imports.get("", 1))
     built = method.build(builder, target)
@@ -165,7 +160,7 @@ def _insert_into(model: ir.Model, algo: str, request: HeadRequest, method_option
 
     model.metadata_props.update(request.metadata or {})
     options_used = {**asdict(method.options), "raw": request.raw, "feature_vector": request.feature_vector}
-    model.metadata_props.update(_record(algo, task, method, built, target, options_used))
+    model.metadata_props.update(_record(algo, method, built, target, options_used))
     if cost is not None:
         model.metadata_props["xai_graph.cost"] = str(cost)
     _drop_unused_constants(graph)
@@ -210,31 +205,13 @@ def _drop_unused_constants(graph: ir.Graph) -> None:
         graph.initializers.pop(name)
 
 
-def _record(algo: str, task: str, method: SaliencyMethod, built: Saliency, target, options: dict) -> dict[str, str]:
-    """What the rewrite did, for the model's metadata."""
-    if task == "detection":
-        explained = _detection_metadata(target, method)
-    else:
-        explained = {"xai_graph.target": target.value.name,
-                     "xai_graph.scores": target.scores.name if target.scores is not None else "",
-                     "xai_graph.scores_activation": target.final_activation or "none"}
-        if task == "classification" and target.layout.kind != "NCHW":
-            explained["xai_graph.layout"] = target.layout.kind
+def _record(algo: str, method: SaliencyMethod, built: Saliency, subject: Subject, options: dict) -> dict[str, str]:
+    """What the rewrite did, for the model's metadata: the method, the values it read, the subject's own record."""
     return {"xai_graph.version": __version__, "xai_graph.algorithm": algo,
             "xai_graph.method": method.title + (f" ({built.form})" if built.form else ""),
-            "xai_graph.task": task, **explained, "xai_graph.options": json.dumps(options, sort_keys=True)}
-
-
-def _detection_metadata(heads: DetectorHeads, method: SaliencyMethod) -> dict[str, str]:
-    explained = [heads.neck] if method.algo == "activationmap" else [level.value for level in heads.levels]
-    return {
-        "xai_graph.target": ",".join(v.name for v in explained),
-        "xai_graph.num_anchors": ",".join(str(level.anchors) for level in heads.levels),
-        "xai_graph.num_classes": str(heads.num_classes),
-        "xai_graph.class_layout": "; ".join(level.layout for level in heads.levels),  # e.g. YOLOv5 anchor blocks
-        "xai_graph.scores": ",".join(o.name for o in heads.outputs),
-        "xai_graph.scores_activation": heads.activation or "none",
-    }
+            "xai_graph.task": subject.task,
+            "xai_graph.target": ",".join(value.name for value in method.explained(subject)),
+            **subject.record(), "xai_graph.options": json.dumps(options, sort_keys=True)}
 
 
 def scale_to_uint8(b: GraphBuilder, saliency: ir.Value, class_wise: bool) -> ir.Value:

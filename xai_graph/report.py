@@ -10,11 +10,10 @@ import onnx_ir as ir
 
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import shape_text
-from xai_graph.graph.io import load_model
-from xai_graph.graph.openvino_ir import Mirror, read_ir
 from xai_graph.graph.opset import MIN_OPSET, with_opset_at_least
-from xai_graph.graph.detection import DetectorHeads
-from xai_graph.graph.subject import find_subject, task_of
+from xai_graph.graph.detection import DetectorClassMaps
+from xai_graph.graph.model_file import ModelFile
+from xai_graph.graph.subject import find_subject
 from xai_graph.graph.transformer import TransformerBlock
 from xai_graph.head import MAX_COST, rerun_cost
 from xai_graph.methods import methods_for_task
@@ -46,13 +45,14 @@ def _describe_value(v: ir.Value) -> dict:
     return {"name": v.name, "shape": shape_text(v), "dtype": v.dtype.name if v.dtype is not None else "?"}
 
 
-def describe(path: str | os.PathLike, target_layer: str | None = None, heads: list[str] | None = None,
+def describe(path: str | os.PathLike, target_layer: str | None = None, class_maps: list[str] | None = None,
              scores: str | None = None) -> ModelReport:
-    model = Mirror(read_ir(path)).ir_model if str(path).endswith(".xml") else load_model(path)
+    model_file = ModelFile(path)
+    model = model_file.graph
     graph = model.graph
     report = ModelReport(
         path=str(path),
-        opset=0 if str(path).endswith(".xml") else model.opset_imports.get("", 0),
+        opset=model_file.opset or 0,
         inputs=[_describe_value(v) for v in graph.inputs if not v.is_initializer()],
         outputs=[_describe_value(v) for v in graph.outputs],
         metadata=dict(model.metadata_props),
@@ -66,12 +66,12 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
         report.algorithms = {cls.algo: f"no: {exc}" for cls in methods_for_task("classification")}
         return report
     try:
-        subject = find_subject(model, target_layer=target_layer, scores=scores, heads=heads)
+        subject = find_subject(model, target_layer=target_layer, scores=scores, class_maps=class_maps)
     except XaiGraphError as exc:
         report.reason = str(exc)
         report.algorithms = {cls.algo: "no: no target map" for cls in methods_for_task("classification")}
         return report
-    task = task_of(subject)
+    task = subject.task
     if task == "detection":
         return _detector_report(report, subject)
     if task == "transformer":
@@ -80,7 +80,8 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
     report.scores = target.scores.name
     report.final_activation = target.final_activation
     report.pools = [{"node": p.node.name, "op": p.node.op_type, "input": p.input.name,
-                     "shape": shape_text(p.input), "role": "head" if p.feeds_scores else "side (squeeze-excitation)"}
+                     "shape": shape_text(p.input),
+                     "role": "classifier" if p.feeds_scores else "side (squeeze-excitation)"}
                     for p in target.pools]
     report.candidates = [_describe_value(v) for v in target.candidates]
     report.target, report.target_shape, report.reason = target.value.name, shape_text(target.value), target.reason
@@ -94,13 +95,13 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, heads: li
     return report
 
 
-def _detector_report(report: ModelReport, heads: DetectorHeads) -> ModelReport:
-    report.task, report.reason = "detection", heads.reason
-    report.scores, report.final_activation = ", ".join(o.name for o in heads.outputs), heads.activation
+def _detector_report(report: ModelReport, detector: DetectorClassMaps) -> ModelReport:
+    report.task, report.reason = "detection", detector.reason
+    report.scores, report.final_activation = ", ".join(o.name for o in detector.outputs), detector.activation
     report.detector_levels = [{"value": lv.value.name, "shape": shape_text(lv.value), "anchors": lv.anchors,
-                               "classes": heads.num_classes, "layout": lv.layout} for lv in heads.levels]
-    report.target = heads.middle.value.name
-    report.target_shape = shape_text(heads.middle.value)
+                               "classes": detector.num_classes, "layout": lv.layout} for lv in detector.levels]
+    report.target = detector.middle.value.name
+    report.target_shape = shape_text(detector.middle.value)
     detection_methods = {m.algo: m for m in methods_for_task("detection")}
     for cls in methods_for_task("classification"):
         report.algorithms[cls.algo] = (f"yes ({detection_methods[cls.algo].title})" if cls.algo in detection_methods

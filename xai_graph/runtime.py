@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from xai_graph.errors import XaiGraphError
+from xai_graph.formats import RUNTIME_OF, format_of
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -101,7 +102,7 @@ def verify_loads(path: str | os.PathLike) -> None:
 
     An ONNX model that OpenVINO cannot compile is kept, with a warning: ONNX Runtime users can still run it.
     """
-    required = "openvino" if str(path).endswith(".xml") else "onnxruntime"
+    required = RUNTIME_OF[format_of(path)]
     why = load_refusal(path, required)
     if why:
         raise XaiGraphError(f"{_TITLES[required]} cannot load the result, so nothing was written: {why}")

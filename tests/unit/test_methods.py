@@ -266,7 +266,7 @@ def test_a_model_without_a_spatial_map_is_refused_in_one_line(algo, parse):
         xai_graph.insert(model, algo)
     message = str(refused.value)
     assert message and "\n" not in message
-    assert "target-layer" in message  # says how to go on
+    assert "target_layer=NAME" in message  # says how to go on (as a keyword: the CLI words it as a flag)
 
 
 @pytest.mark.parametrize("algo, options", [

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from xai_graph import metrics
+import xai_graph.metrics as metrics
 from xai_graph.explaining.annotations import Box, match_image, match_labels
 from xai_graph.errors import XaiGraphError
 from xai_graph.explaining.explainer import Explainer, Explanation

@@ -25,11 +25,12 @@ from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.io import load_model, save_model
 from xai_graph.explaining.model_detections import Detection, find_layout, read_detections, to_image
 from xai_graph.graph.openvino_ir import read_ir
-from xai_graph.graph.subject import find_subject, task_of
+from xai_graph.graph.subject import find_subject
 from xai_graph.head import DETECTION_CLASS_SCORES, SALIENCY_CLASSES, SALIENCY_MAP, insert
 from xai_graph.methods import method_for
 from xai_graph.explaining.preprocess import Placement, Preprocessing, read_model_info
 from xai_graph.runtime import RUNTIMES, open_model
+from xai_graph.formats import is_ir
 
 MULTILABEL_THRESHOLD = 0.5
 _INTEGER_TYPES = {ir.DataType.INT64, ir.DataType.INT32, ir.DataType.INT16, ir.DataType.INT8, ir.DataType.UINT8}
@@ -133,7 +134,7 @@ class Explainer:
         if runtime not in RUNTIMES:
             raise XaiGraphError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.source = Path(model)
-        if self.source.suffix == ".xml":  # OpenVINO IR: it runs in OpenVINO
+        if is_ir(self.source):  # it runs in OpenVINO
             self.model_path, self.instrumented_here = self._instrumented_ir(self.source, algo, raw)
             facts, runtime = _ir_facts(self.model_path), "openvino"
         else:
@@ -186,7 +187,7 @@ class Explainer:
         except XaiGraphError:
             subject = None  # insert says why, in its own words
         # Top-k heads are for class-wise maps of CNN classifiers with more classes than k.
-        cnn = subject is not None and task_of(subject) == "classification"
+        cnn = subject is not None and subject.task == "classification"
         num_classes = subject.num_classes if cnn else None
         if not (cnn and class_wise) or top_k is None or (num_classes is not None and top_k >= num_classes):
             top_k = None

@@ -27,11 +27,13 @@ head reads the sizes at run time.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dataclasses import dataclass, field, replace
 
 import onnx_ir as ir
 
-from xai_graph.errors import XaiGraphError
+from xai_graph.errors import XaiGraphError, option_text
 from xai_graph.graph.analysis import GraphIndex, shape_text, spatial_size
 from xai_graph.graph.builder import static_dim
 from xai_graph.graph.detector_layout import (
@@ -61,7 +63,7 @@ class Level:
 
 
 @dataclass
-class DetectorHeads:
+class DetectorClassMaps:
     """Where a detector's class maps are: one `Level` per resolution, finest first."""
 
     levels: list[Level]
@@ -70,19 +72,37 @@ class DetectorHeads:
     outputs: list[ir.Value] = field(default_factory=list)  # graph outputs the class maps reach
     reason: str = ""
     neck: ir.Value | None = None  # the neck feature feeding the middle level (activationmap's target)
+    index: GraphIndex | None = field(default=None, repr=False, compare=False)  # of the graph it was found in
+
+    task: ClassVar[str] = "detection"
+
+    def record(self) -> dict[str, str]:
+        """What the model's metadata records about it (beyond the values a method explains)."""
+        return {
+            "xai_graph.num_anchors": ",".join(str(level.anchors) for level in self.levels),
+            "xai_graph.num_classes": str(self.num_classes),
+            "xai_graph.class_layout": "; ".join(level.layout for level in self.levels),  # e.g. YOLOv5 anchor blocks
+            "xai_graph.scores": ",".join(o.name for o in self.outputs),
+            "xai_graph.scores_activation": self.activation or "none",
+        }
 
     @property
     def middle(self) -> Level:
         return self.levels[len(self.levels) // 2]
 
 
-def find_class_heads(model: ir.Model, heads: list[str] | None = None, num_anchors: list[int] | None = None,
-                     num_classes: int | None = None) -> DetectorHeads | None:
-    """The detector's class maps, or None when the model does not look like a single-stage detector."""
-    twin = static_twin(model) if _sizes_unknown(model, heads) else None
+def find_class_maps(model: ir.Model, class_maps: list[str] | None = None, num_anchors: list[int] | None = None,
+                     num_classes: int | None = None, index: GraphIndex | None = None) -> DetectorClassMaps | None:
+    """The detector's class maps, or None when the model does not look like a single-stage detector.
+
+    Where the maps' sizes are not static, levels are told apart on a static twin of the model (a copy
+    with its own index), and what was found there is mapped back to this model's values.
+    """
+    index = index or GraphIndex(model.graph)
+    twin = static_twin(model) if _sizes_unknown(model, class_maps, index) else None
     if twin is None:
-        return _find(model, heads, num_anchors, num_classes)
-    found = _find(twin, heads, num_anchors, num_classes)
+        return _find(model, class_maps, num_anchors, num_classes, index)
+    found = _find(twin, class_maps, num_anchors, num_classes, GraphIndex(twin.graph))
     if found is None:
         return None
     image = next(v for v in twin.graph.inputs if not v.is_initializer())
@@ -90,11 +110,11 @@ def find_class_heads(model: ir.Model, heads: list[str] | None = None, num_anchor
     return _mapped_back(found, model)
 
 
-def _find(model: ir.Model, heads, num_anchors, num_classes) -> DetectorHeads | None:
-    graph, index = model.graph, GraphIndex(model.graph)
-    found, outputs, scored, named, layouts = _candidates(graph, index, heads)
+def _find(model: ir.Model, class_maps, num_anchors, num_classes, index: GraphIndex) -> DetectorClassMaps | None:
+    graph = model.graph
+    found, outputs, scored, named, layouts = _candidates(graph, index, class_maps)
     kept = without_objectness(found, spatial_size)
-    if not heads and len({spatial_size(v) for v in kept}) < 2:
+    if not class_maps and len({spatial_size(v) for v in kept}) < 2:
         return None
     levels = sorted([*kept, *named], key=lambda v: -((spatial_size(v)[0] or 0) * (spatial_size(v)[1] or 0)))
     layouts = {v: layouts.get(v) or (read_layout(v, kept[v].window) if v in kept else ClassLayout()) for v in levels}
@@ -103,20 +123,20 @@ def _find(model: ir.Model, heads, num_anchors, num_classes) -> DetectorHeads | N
     activations = {root.activation for root in kept.values()}
     activation = activations.pop() if len(activations) == 1 else None
     set_aside = [v for v in found if v not in kept]
-    result = DetectorHeads([_level(v, layouts[v], a, k, set_aside) for v, a in zip(levels, anchors)], k, activation,
-                           outputs, _reason(heads, levels, activation, outputs))
+    result = DetectorClassMaps([_level(v, layouts[v], a, k, set_aside) for v, a in zip(levels, anchors)], k, activation,
+                           outputs, _reason(class_maps, levels, activation, outputs))
     try:
-        result.neck = neck_feature(result, model)
+        result.neck = neck_feature(result, index)
     except XaiGraphError:
         result.neck = None  # only activationmap needs it, and says so
     return result
 
 
-def _candidates(graph: ir.Graph, index: GraphIndex, heads: list[str] | None) -> tuple:
+def _candidates(graph: ir.Graph, index: GraphIndex, class_maps: list[str] | None) -> tuple:
     """Maps that may be class maps, the outputs they reach, those outputs that are plain score tensors,
-    maps named directly with --head, and layouts already known (per-level output pairs)."""
-    if heads:
-        return (*_walked([_named(graph, name) for name in heads], index, named=True), {})
+    maps named directly (`class_maps`), and layouts already known (per-level output pairs)."""
+    if class_maps:
+        return (*_walked([_named(graph, name) for name in class_maps], index, named=True), {})
     found, outputs, scored, _ = _walked(list(graph.outputs), index, named=False)
     if found:
         return found, outputs, scored, [], {}
@@ -124,9 +144,9 @@ def _candidates(graph: ir.Graph, index: GraphIndex, heads: list[str] | None) -> 
     return {v: Root(None, None) for v in layouts}, list(layouts), [], [], layouts
 
 
-def _reason(heads, levels, activation, outputs) -> str:
-    if heads:
-        return "named with --head"
+def _reason(class_maps, levels, activation, outputs) -> str:
+    if class_maps:
+        return "named with --class-map"
     if activation is None and all(o in levels for o in outputs):
         return f"{len(levels)} per-level class maps output beside their box maps, without a score activation"
     return (f"{len(levels)} class maps found behind {activation or 'score activations'} of "
@@ -134,7 +154,7 @@ def _reason(heads, levels, activation, outputs) -> str:
 
 
 def _walked(values: list[ir.Value], index: GraphIndex, named: bool) -> tuple[dict[ir.Value, Root], list, list, list]:
-    """The maps behind each value: reached through a score activation, or any for a value named with --head
+    """The maps behind each value: reached through a score activation, or any for a value named as a class map
     (TFLite BlazeFace leaves the sigmoid to its post-processing); the values reached; those of them that are
     score tensors as they are (no post-processing), whose shape may tell K; and named maps taken as they are."""
     found: dict[ir.Value, Root] = {}
@@ -146,7 +166,8 @@ def _walked(values: list[ir.Value], index: GraphIndex, named: bool) -> tuple[dic
         roots, selected = walk_back(value, index)
         roots = roots if named else {v: root for v, root in roots.items() if root.activation is not None}
         if named and not roots:
-            raise XaiGraphError(f"--head {value.name!r} is {shape_text(value)}, and no [B, A*K, h, w] maps reach it "
+            named_as = option_text('class_maps', repr(value.name))
+            raise XaiGraphError(f"{named_as} is {shape_text(value)}, and no [B, A*K, h, w] maps reach it "
                                 "through Reshape/Transpose/Concat/Split/Slice")
         if roots:
             reached.append(value)
@@ -161,7 +182,7 @@ def _named(graph: ir.Graph, name: str) -> ir.Value:
         for v in node.outputs:
             if v.name == name or node.name == name:
                 return v
-    raise XaiGraphError(f"--head {name!r} is neither a value nor a node of the model")
+    raise XaiGraphError(f"{option_text('class_maps', repr(name))} is neither a value nor a node of the model")
 
 
 def _num_classes(levels, layouts, num_classes, scored, box_candidates) -> int:
@@ -170,9 +191,10 @@ def _num_classes(levels, layouts, num_classes, scored, box_candidates) -> int:
     told = {layout.classes for layout in layouts.values() if layout.classes}
     if len(told) > 1:
         raise XaiGraphError(f"the levels' layouts disagree on the number of classes ({sorted(told)}); "
-                            "pass --num-classes")
+                            f"pass {option_text('num_classes', 'K')}")
     if num_classes and told and told != {num_classes}:
-        raise XaiGraphError(f"--num-classes {num_classes}, but the class maps' layout gives {told.pop()}")
+        raise XaiGraphError(f"{option_text('num_classes', str(num_classes))}, but the class maps' layout gives "
+                            f"{told.pop()}")
     widths = [_class_channels(v, layouts[v]) for v in levels]
     widths = [w for w in widths if w is not None]
     k = num_classes or (told.pop() if told else None) or _classes_from_outputs(scored, widths)
@@ -180,7 +202,8 @@ def _num_classes(levels, layouts, num_classes, scored, box_candidates) -> int:
         k = _classes_from_box_branches(levels, layouts, box_candidates)
     k = k or (widths[0] if widths and len(set(widths)) == 1 else None)  # the maps' common width
     if not k:
-        raise XaiGraphError("cannot tell the number of classes of the detector; pass --num-classes")
+        raise XaiGraphError("cannot tell the number of classes of the detector; pass "
+                            f"{option_text('num_classes', 'K')}")
     return k
 
 
@@ -223,10 +246,12 @@ def _anchors(levels, layouts, k: int, num_anchors: list[int] | None) -> list[int
     if num_anchors is not None:
         anchors = num_anchors * len(levels) if len(num_anchors) == 1 else list(num_anchors)
         if len(anchors) != len(levels):
-            raise XaiGraphError(f"--num-anchors gives {len(num_anchors)} values for {len(levels)} levels")
+            raise XaiGraphError(f"{option_text('num_anchors', 'A,...')} gives {len(num_anchors)} values for "
+                                f"{len(levels)} levels")
         for v, a in zip(levels, anchors):
             if layouts[v].anchors not in (None, a):
-                raise XaiGraphError(f"--num-anchors {a}, but class map '{v.name}' has {layouts[v].anchors} anchors")
+                raise XaiGraphError(f"{option_text('num_anchors', str(a))}, but class map '{v.name}' has "
+                                    f"{layouts[v].anchors} anchors")
         return anchors
     return [layouts[v].anchors or _anchors_from_width(v, layouts[v], k) for v in levels]
 
@@ -235,7 +260,7 @@ def _anchors_from_width(value: ir.Value, layout: ClassLayout, k: int) -> int:
     width = _class_channels(value, layout)
     if width is None or width % k:
         raise XaiGraphError(f"class map '{value.name}' has {width} channels, not a multiple of {k} classes; "
-                            "pass --num-classes or --num-anchors")
+                            f"pass {option_text('num_classes', 'K')} or {option_text('num_anchors', 'A')}")
     return width // k
 
 
@@ -247,7 +272,7 @@ def _level(value: ir.Value, layout: ClassLayout, anchors: int, k: int, set_aside
                  layout.describe(anchors, k, static_dim(value, 1), beside))
 
 
-def neck_feature(heads: DetectorHeads, model: ir.Model) -> ir.Value:
+def neck_feature(detector: DetectorClassMaps, index: GraphIndex) -> ir.Value:
     """The neck's feature map at the middle level: what its class (and box) branch starts from.
 
     Walking back from the middle class map along data inputs, the first spatial map
@@ -255,8 +280,7 @@ def neck_feature(heads: DetectorHeads, model: ir.Model) -> ir.Value:
     or this level's head and the path to the next level. (Counting any two readers
     would stop inside activations such as hard-swish, written as x * relu6(x + 3) / 6.)
     """
-    index = GraphIndex(model.graph)
-    value = heads.middle.value
+    value = detector.middle.value
     for _ in range(256):
         node = value.producer()
         inputs = [v for v in node.inputs if v is not None and v in index.data_dependent] if node else []
@@ -266,27 +290,27 @@ def neck_feature(heads: DetectorHeads, model: ir.Model) -> ir.Value:
         convolutions = {c for c in value.consumers() if c.op_type == "Conv"}
         if spatial_size(value) is not None and len(convolutions) >= 2:
             return value
-    raise XaiGraphError(f"no neck feature map found behind '{heads.middle.value.name}'; pass --target-layer")
+    raise XaiGraphError(f"no neck feature map found behind '{detector.middle.value.name}'; "
+                        f"pass {option_text('target_layer', 'NAME')}")
 
 
 # -- the static twin of a model with a free input size -------------------------------------------------------
 
-def _sizes_unknown(model: ir.Model, heads: list[str] | None) -> bool:
-    """Whether the maps the outputs (or the named heads) come from lack static sizes."""
-    index = GraphIndex(model.graph)
-    for value in [_named(model.graph, n) for n in heads] if heads else model.graph.outputs:
+def _sizes_unknown(model: ir.Model, class_maps: list[str] | None, index: GraphIndex) -> bool:
+    """Whether the maps the outputs (or the named class maps) come from lack static sizes."""
+    for value in [_named(model.graph, n) for n in class_maps] if class_maps else model.graph.outputs:
         maps = [value] if spatial_size(value) is not None else list(walk_back(value, index)[0])
         if any(None in spatial_size(v) for v in maps):
             return True
     return False
 
 
-def _mapped_back(heads: DetectorHeads, model: ir.Model) -> DetectorHeads:
+def _mapped_back(detector: DetectorClassMaps, model: ir.Model) -> DetectorClassMaps:
     """What was found on the static twin, as the original model's values (the same names)."""
     values = {v.name: v for node in model.graph for v in node.outputs}
     values.update((v.name, v) for v in model.graph.inputs)
-    for level in heads.levels:
+    for level in detector.levels:
         level.value = values[level.value.name]
-    heads.outputs = [values[o.name] for o in heads.outputs]
-    heads.neck = values.get(heads.neck.name) if heads.neck is not None else None
-    return heads
+    detector.outputs = [values[o.name] for o in detector.outputs]
+    detector.neck = values.get(detector.neck.name) if detector.neck is not None else None
+    return detector

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 
 import onnx_ir as ir
 
-from xai_graph.errors import XaiGraphError
+from xai_graph.errors import XaiGraphError, option_text
 from xai_graph.graph.analysis import GraphIndex, constant_array, spatial_size
 from xai_graph.graph.builder import static_dim
 
@@ -327,7 +327,7 @@ def without_objectness(found: dict[ir.Value, Root], size_of) -> dict[ir.Value, R
         elif len(single) > 1:
             raise XaiGraphError(f"{len(single)} one-channel score maps at level {size[0]}x{size[1]} "
                                 f"({', '.join(v.name for v in single)}): cannot tell objectness from the class map; "
-                                "name the class maps with --head")
+                                f"name the class maps with {option_text('class_maps', 'VALUE')}")
         else:
             dropped = set()
         kept.update((v, found[v]) for v in maps if v not in dropped)
@@ -365,7 +365,8 @@ def raw_level_maps(graph: ir.Graph, size_of) -> dict[ir.Value, ClassLayout] | No
     if len(common) > 1 or any(len(level) != 1 for level in chosen):
         names = "; ".join(", ".join(f"{v.name} ({static_dim(v, 1)})" for v in pair) for pair in levels.values())
         raise XaiGraphError(f"per-level outputs {names}: cannot tell the class maps from the box maps by their "
-                            "channels; name the class maps with --head (and --num-classes)")
+                            f"channels; name the class maps with {option_text('class_maps', 'VALUE')} (and "
+                            f"{option_text('num_classes', 'K')})")
     return {cls: layout for level in chosen for cls, layout in level.items()}
 
 

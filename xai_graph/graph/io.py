@@ -18,6 +18,7 @@ from onnx_ir import external_data as ir_external_data
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.runnable import check_runnable
 from xai_graph.files import check_writes_spare_reads, files_read_by_model, root_cause, scratch_folder
+from xai_graph.formats import is_ir
 
 # Names of the intermediate values whose shapes the source file declared (its value_info).
 SOURCE_ANNOTATIONS = "xai_graph.source_annotations"
@@ -222,7 +223,7 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
     model was read from. `verify(staged_path)` may refuse the written file (raise)
     before it is moved into place.
     """
-    if not isinstance(model, ir.Model):  # an openvino.Model, from `insert` on IR
+    if is_ir(model):  # an openvino.Model, from `insert` on IR
         return save_ir(model, path, verify=verify)
     path = Path(path)
     data_name = path.name + ".data"
@@ -299,7 +300,7 @@ def save_ir(model, path: str | os.PathLike, *, compress_fp16: bool = False, veri
     import openvino as ov
 
     path = Path(path)
-    if path.suffix != ".xml":
+    if not is_ir(path):
         raise XaiGraphError(f"{path}: an OpenVINO IR path ends with .xml")
     if isinstance(model, ir.Model):
         check_writes_spare_reads([path, path.with_suffix(".bin")], model.meta.get(READS, []))

@@ -14,33 +14,34 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-from xai_graph.errors import XaiGraphError
+from xai_graph.errors import XaiGraphError, option_text
 from xai_graph.graph.analysis import GraphIndex
 from xai_graph.graph.builder import GraphBuilder
 
 
 def clone_tail(builder: GraphBuilder, tail: Sequence[ir.Node], start: ir.Value,
-               new_start: ir.Value, end: ir.Value, also: dict[ir.Value, ir.Value] | None = None) -> ir.Value:
+               new_start: ir.Value, end: ir.Value, also: dict[ir.Value, ir.Value] | None = None,
+               index: GraphIndex | None = None) -> ir.Value:
     """Append a copy of `tail` reading `new_start` where the original reads `start`; return the copy of `end`.
 
     `also` substitutes further values inside the tail (ViT Recipro-CAM masks a block's
     normalised tokens as well as its input); nodes whose outputs are all substituted
-    are not cloned.
+    are not cloned. `index` is the find step's (its facts about the original nodes still hold).
     """
     also = also or {}
     tail = [n for n in tail if not all(v in also for v in n.outputs)]
-    index = GraphIndex(builder.graph)
+    index = index or GraphIndex(builder.graph)
     foreign = [v for v in index.foreign_inputs(start, tail) if v not in also]
     reshapes_only = all(all(use.node.op_type == "Reshape" and use.idx == 1 for use in v.uses()
                             if use.node in tail) for v in foreign)
     if foreign and not reshapes_only:
         names = ", ".join(v.name for v in foreign)
-        raise XaiGraphError(f"the head after '{start.name}' also reads {names}; it cannot be cloned alone")
+        raise XaiGraphError(f"the layers after '{start.name}' also read {names}; it cannot be cloned alone")
     shaped = [v for v in _shape_derived_inputs(tail) if v not in index.data_dependent and v not in also]
     if shaped:
-        raise XaiGraphError(f"the head after '{start.name}' reads '{shaped[0].name}', computed from the input's "
+        raise XaiGraphError(f"the layers after '{start.name}' read '{shaped[0].name}', computed from the input's "
                             "shape (as torch's dynamo exporter writes as_strided); it cannot run at another batch: "
-                            "export with dynamo=False, or use --algo activationmap or eigencam")
+                            f"export with dynamo=False, or use {option_text('algo', 'activationmap')} or eigencam")
     mapping = clone_nodes(builder, tail, {start: new_start, **also}, batch_free=True)
     return mapping[end]
 
@@ -110,8 +111,8 @@ def _batch_free_shape(builder: GraphBuilder, node: ir.Node) -> ir.Value:
     if out.shape is None or batch is None or out.shape[0] != batch:
         # The shape is computed outside the tail and its first axis is not the batch (say, a
         # sequence-first attention layout): nothing here knows where the batch goes.
-        raise XaiGraphError(f"cannot clone the head: Reshape '{node.name}' takes a shape computed outside it "
-                            "whose first axis is not the batch")
+        raise XaiGraphError(f"cannot clone the layers after the map: Reshape '{node.name}' takes a shape computed "
+                            "outside them whose first axis is not the batch")
     tail_of_shape = builder.op("Slice", node.inputs[1], builder.ints([1]), builder.ints([2**62]), builder.ints([0]))
     return builder.op("Concat", builder.ints([0]), tail_of_shape, axis=0)
 

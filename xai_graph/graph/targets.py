@@ -15,11 +15,13 @@ Rules, in order:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from xai_graph.errors import XaiGraphError
+from xai_graph.errors import XaiGraphError, option_text
 from xai_graph.graph.analysis import GraphIndex, constant_array, known_dim, shape_text, spatial_size, work_fraction
 from xai_graph.graph.layout import Layout, square_grid
 
@@ -48,7 +50,7 @@ class Pool:
 
 @dataclass
 class Target:
-    """Where the head attaches: the map F, and the class scores it explains."""
+    """Where the saliency head attaches: the map F, and the class scores it explains."""
 
     value: ir.Value  # F, [B, C, h, w]
     scores: ir.Value | None  # the model's class-score output, [B, K] (None: a named map in a model without one)
@@ -59,10 +61,19 @@ class Target:
     pools: list[Pool] = field(default_factory=list)
     candidates: list[ir.Value] = field(default_factory=list)  # maps the scores are a function of
     layout: Layout = Layout()
+    index: GraphIndex | None = field(default=None, repr=False, compare=False)  # of the graph it was found in
+
+    task: ClassVar[str] = "classification"
 
     @property
     def num_classes(self) -> int | None:
         return classes_of(self.logits)
+
+    def record(self) -> dict[str, str]:
+        """What the model's metadata records about it (beyond the values a method explains)."""
+        found = {"xai_graph.scores": self.scores.name if self.scores is not None else "",
+                 "xai_graph.scores_activation": self.final_activation or "none"}
+        return found if self.layout.kind == "NCHW" else {**found, "xai_graph.layout": self.layout.kind}
 
 
 def classes_of(logits: ir.Value | None) -> int | None:
@@ -98,28 +109,28 @@ def _role_rank(value: ir.Value, index: GraphIndex) -> tuple:
     return activation is not None, linear, len(index.ancestors(logits)), value.name
 
 
-def find_scores(graph: ir.Graph, name: str | None = None) -> ir.Value:
+def find_scores(graph: ir.Graph, name: str | None = None, index: GraphIndex | None = None) -> ir.Value:
     """The class-score output: the one named, or among the score-shaped outputs the one whose role is
     class scores (the same for an ONNX model and its IR, whose outputs may be listed in another order)."""
     shapes = ", ".join(f"{o.name} {shape_text(o)}" for o in graph.outputs)
     if name is not None:
         named = next((o for o in graph.outputs if o.name == name), None)
         if named is None:
-            raise XaiGraphError(f"--scores {name!r} is not an output of the model; outputs: {shapes}")
+            raise XaiGraphError(f"{option_text('scores', repr(name))} is not an output of the model; outputs: {shapes}")
         if not _is_score_shaped(named):
-            raise XaiGraphError(f"--scores {name!r} is {shape_text(named)}, not class scores [B, K]")
+            raise XaiGraphError(f"{option_text('scores', repr(name))} is {shape_text(named)}, not class scores [B, K]")
         return named
     candidates = [o for o in graph.outputs if _is_score_shaped(o)]
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
-        index = GraphIndex(graph)
+        index = index or GraphIndex(graph)
         return max(candidates, key=lambda o: _role_rank(o, index))
     raise XaiGraphError(
         f"no class-score output [B, K] among the outputs ({shapes}), and no single-stage detector class maps "
         "(spatial maps reaching an output through Reshape/Transpose/Concat/Split/Slice and a Sigmoid or Softmax); "
-        "for a detector (two-stage included) name the class maps with --head, or explain a feature map with "
-        "--algo activationmap --target-layer NAME")
+        f"for a detector (two-stage included) name the class maps with {option_text('class_maps', 'VALUE')}, or "
+        f"explain a feature map with {option_text('algo', 'activationmap')} {option_text('target_layer', 'NAME')}")
 
 
 def strip_score_activation(scores: ir.Value) -> tuple[ir.Value, str | None]:
@@ -199,18 +210,19 @@ def _has_spatial_extent(value: ir.Value, layout: Layout = Layout()) -> bool:
 
 
 def find_target(model: ir.Model, target_layer: str | None = None, need_scores: bool = True,
-                scores_name: str | None = None) -> Target:
+                scores_name: str | None = None, index: GraphIndex | None = None) -> Target:
     """The map to explain; `need_scores=False` (class-agnostic methods) accepts a named map in any model."""
     graph = model.graph
-    index = GraphIndex(graph)
+    index = index or GraphIndex(graph)
     try:
-        scores = find_scores(graph, scores_name)
+        scores = find_scores(graph, scores_name, index)
     except XaiGraphError:
         if need_scores or target_layer is None:
             raise
         value = _named_value(graph, target_layer)
         if value is None or spatial_size(value) is None:
-            raise XaiGraphError(f"--target-layer {target_layer!r} is not a [B, C, h, w] map of the model") from None
+            named_as = option_text('target_layer', repr(target_layer))
+            raise XaiGraphError(f"{named_as} is not a [B, C, h, w] map of the model") from None
         return Target(value, None, None, None, "named with --target-layer")
     logits, activation = strip_score_activation(scores)
     ancestors = index.ancestors(logits)
@@ -245,10 +257,11 @@ def find_target(model: ir.Model, target_layer: str | None = None, need_scores: b
         value = _named_value(graph, target_layer)
         if value is None:
             names = ", ".join(v.name for v in candidates) or "none"
-            raise XaiGraphError(f"--target-layer {target_layer!r} is neither a value nor a node of the model; "
-                                f"candidate maps: {names}")
+            raise XaiGraphError(f"{option_text('target_layer', repr(target_layer))} is neither a value nor a node of "
+                                f"the model; candidate maps: {names}")
         if spatial_size(value) is None:
-            raise XaiGraphError(f"--target-layer {target_layer!r} is {shape_text(value)}, not a [B, C, h, w] map")
+            raise XaiGraphError(f"{option_text('target_layer', repr(target_layer))} is {shape_text(value)}, "
+                                "not a [B, C, h, w] map")
         if not is_candidate(value):
             raise XaiGraphError(f"the scores are not a function of {target_layer!r} alone (other activations join "
                                 f"after it); candidate maps: {', '.join(v.name for v in candidates) or 'none'}")
@@ -261,18 +274,19 @@ def find_target(model: ir.Model, target_layer: str | None = None, need_scores: b
         return target(pool.input, f"input of {pool.node.op_type} '{pool.node.name}', the pooling that feeds "
                                   f"'{scores.name}'{where}", pool.layout)
     if candidates:
-        chosen = target(candidates[-1], f"last spatial map before the head of '{scores.name}' (no global pooling)")
+        chosen = target(candidates[-1],
+                        f"last spatial map before the classifier of '{scores.name}' (no global pooling)")
         share = work_fraction(graph, chosen.tail)
         if share is not None and share > _MAX_TAIL_SHARE:
             raise XaiGraphError(f"the last spatial map the scores depend on, '{chosen.value.name}', comes before "
                                 f"{100 * share:.0f}% of the network (a transformer's patch embedding, say): its map "
-                                "would not explain the scores; name a map with --target-layer")
+                                f"would not explain the scores; name a map with {option_text('target_layer', 'NAME')}")
         return chosen
     raise XaiGraphError(f"'{scores.name}' is fed by no spatial map [B, C, h, w] (CNN) and by no recognised "
                         "transformer block (tokens [B, E + h*w, D], E <= 8 extra tokens, through pre-norm blocks "
                         "and a final "
                         "layer norm); this is neither a CNN nor a ViT-style classifier: name a map with "
-                        "--target-layer")
+                        f"{option_text('target_layer', 'NAME')}")
 
 
 def _named_value(graph: ir.Graph, name: str) -> ir.Value | None:

@@ -18,6 +18,8 @@ reason is kept and only the cloned-block form applies.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -72,10 +74,17 @@ class TransformerBlock:
     extra_tokens: int
     grid: tuple[int, int]
     tail: list[ir.Node] = field(default_factory=list)  # nodes from x to the logits
-    head: list[ir.Node] = field(default_factory=list)  # nodes from y to the logits
+    classifier: list[ir.Node] = field(default_factory=list)  # nodes from y to the logits
     attention: Attention | None = None  # None: the class-token form does not apply, see `why_cloned`
     why_cloned: str = ""
     reason: str = ""
+    index: GraphIndex | None = field(default=None, repr=False, compare=False)  # of the graph it was found in
+
+    task: ClassVar[str] = "transformer"
+
+    def record(self) -> dict[str, str]:
+        """What the model's metadata records about it (beyond the values a method explains)."""
+        return {"xai_graph.scores": self.scores.name, "xai_graph.scores_activation": self.final_activation or "none"}
 
     @property
     def value(self) -> ir.Value:  # the name the head pipeline records as the target
@@ -154,14 +163,15 @@ def layer_norms(graph: ir.Graph) -> list[LayerNorm]:
     return norms
 
 
-def find_transformer(model: ir.Model, scores_name: str | None = None) -> TransformerBlock | None:
+def find_transformer(model: ir.Model, scores_name: str | None = None,
+                     index: GraphIndex | None = None) -> TransformerBlock | None:
     graph = model.graph
     try:
-        scores = find_scores(graph, scores_name)
+        scores = find_scores(graph, scores_name, index)
     except XaiGraphError:
         return None
     logits, activation = strip_score_activation(scores)
-    index = GraphIndex(graph)
+    index = index or GraphIndex(graph)
     upstream = index.ancestors(logits)
     norms = [n for n in layer_norms(graph) if n.output.producer() in upstream]
     if not norms:
@@ -294,7 +304,7 @@ def _fused_attention(index: GraphIndex, block: TransformerBlock, sdpa: ir.Node) 
     if sdpa.attributes.get_int("causal", 0) or not isinstance(depth, int) \
             or (mask_value is not None and (mask is None or mask.size != 1)) \
             or scale_value in index.data_dependent:
-        return None, "the fused attention has a mask over tokens, a causal flag or an unknown head size"
+        return None, "the fused attention has a mask over tokens, a causal flag or an unknown attention-head size"
     # The scale is a constant, or computed from shapes only (then read from the model at run time).
     constant_scale = constant_array(scale_value)
     scale = (float(constant_scale.reshape(())) if constant_scale is not None
@@ -317,15 +327,15 @@ def _checked(index: GraphIndex, block: TransformerBlock, att: Attention) -> tupl
     att.after = index.path_nodes(att.output, block.block_output)
     if index.foreign_inputs(att.output, att.after) != [x] or not all(_per_token(node, index) for node in att.after):
         return None, "the block after attention mixes tokens or reads more than its input"
-    if not _reads_extra_tokens_only(block.head, block.extra_tokens, index):
-        return None, "the head reads more than the class (and distillation) token"
+    if not _reads_extra_tokens_only(block.classifier, block.extra_tokens, index):
+        return None, "the classifier reads more than the class (and distillation) token"
     return att, ""
 
 
-def _reads_extra_tokens_only(head: list[ir.Node], extra: int, index: GraphIndex) -> bool:
-    """True where the head selects tokens < `extra` (Gather/Slice on axis 1) and otherwise acts per token."""
+def _reads_extra_tokens_only(classifier: list[ir.Node], extra: int, index: GraphIndex) -> bool:
+    """True where the classifier selects tokens < `extra` (Gather/Slice on axis 1) and otherwise acts per token."""
     selects = False
-    for node in head:
+    for node in classifier:
         if node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 1:
             indices = constant_array(node.inputs[1])
             if indices is None or (indices >= extra).any() or (indices < 0).any():

@@ -4,6 +4,7 @@ from xai_graph.methods import (  # noqa: F401  (registration)
     activation_map,
     det_class_probability_map,
     eigencam,
+    max_activation,
     recipro_cam,
     vit_recipro_cam,
 )

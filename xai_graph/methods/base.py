@@ -104,6 +104,10 @@ class SaliencyMethod:
             return [batch, height, width]
         return [batch, self.options.top_k or target.num_classes, height, width]
 
+    def explained(self, target: Target) -> list[ir.Value]:
+        """The model's values this method reads its map from (recorded as the target in the metadata)."""
+        return [target.value]
+
     def form(self, target: Target) -> str:
         """How the map will be computed for `target`, where a method has several forms ("" otherwise)."""
         return ""

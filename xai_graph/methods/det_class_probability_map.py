@@ -5,7 +5,7 @@ resized bilinearly to one size (the middle level's by default), averaged over
 levels, and turned into probabilities over classes: softmax (default, as OTX;
 skipped for K = 1), sigmoid, or none. Where a level holds blocks of P channels
 per anchor (YOLOv5: 4 box, objectness, K classes), only the class channels are
-read; objectness is no class. Softmax heads (SSD) carry a background
+read; objectness is no class. Softmax class maps (SSD) carry a background
 channel: it takes part in the softmax and is then dropped from the maps.
 
 Beside the maps the head outputs `detection_class_scores [B, K]`: each class's best
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.builder import GraphBuilder, static_dim
-from xai_graph.graph.detection import DetectorHeads, Level
+from xai_graph.graph.detection import DetectorClassMaps, Level
 from xai_graph.methods.base import Options, Saliency, SaliencyMethod, option, parse_size, register_method
 
 DET_SCORES = ("softmax", "sigmoid", "none")
@@ -33,8 +33,8 @@ class DetectorOptions(Options):
                                        "probabilities.", "--det-score", choices=DET_SCORES)
     map_size: tuple[int, int] | None = option(None, "Detectors: map size [default: the middle level's].",
                                               "--map-size", metavar="HxW", parse=parse_size)
-    background: str = option("auto", "Detectors: the background channel of softmax heads, dropped from the maps "
-                                     "(auto: last for softmax heads, as OTX/mmdet; none for sigmoid heads).",
+    background: str = option("auto", "Detectors: the background channel of softmax class maps, dropped from the maps "
+                                     "(auto: last for softmax class maps, as OTX/mmdet; none for sigmoid ones).",
                              "--background", choices=BACKGROUNDS)
 
 
@@ -46,7 +46,7 @@ class DetClassProbabilityMap(SaliencyMethod):
     class_wise = True
     Options = DetectorOptions
 
-    def check(self, target: DetectorHeads) -> None:
+    def check(self, target: DetectorClassMaps) -> None:
         super().check(target)
         if self.options.det_score not in DET_SCORES:
             raise XaiGraphError(f"unknown detection score {self.options.det_score!r}; choose one of "
@@ -57,26 +57,29 @@ class DetClassProbabilityMap(SaliencyMethod):
             raise XaiGraphError(f"unknown background {self.options.background!r}; choose one of "
                                 f"{', '.join(BACKGROUNDS)}")
 
-    def background(self, target: DetectorHeads) -> str:
+    def background(self, target: DetectorClassMaps) -> str:
         if self.options.background != "auto":
             return self.options.background
         return "last" if target.activation == "Softmax" else "none"
 
-    def classes(self, target: DetectorHeads) -> int:
-        """Rows of the map: the head's channels per anchor, less the background channel."""
+    def classes(self, target: DetectorClassMaps) -> int:
+        """Rows of the map: the class map's channels per anchor, less the background channel."""
         return target.num_classes - (self.background(target) != "none")
 
-    def map_size(self, target: DetectorHeads) -> tuple:
+    def map_size(self, target: DetectorClassMaps) -> tuple:
         if self.options.map_size is not None:
             return self.options.map_size
         middle = target.middle.value
         return static_dim(middle, 2), static_dim(middle, 3)
 
-    def output_dims(self, target: DetectorHeads) -> list:
+    def explained(self, target: DetectorClassMaps) -> list:
+        return [level.value for level in target.levels]
+
+    def output_dims(self, target: DetectorClassMaps) -> list:
         height, width = self.map_size(target)
         return [known_dim(target.middle.value.shape[0]), self.classes(target), height, width]
 
-    def build(self, b: GraphBuilder, target: DetectorHeads) -> Saliency:
+    def build(self, b: GraphBuilder, target: DetectorClassMaps) -> Saliency:
         k = target.num_classes
         height, width = self.map_size(target)
         if height is None or width is None:  # a dynamic middle level: its run-time size
@@ -119,13 +122,13 @@ class DetClassProbabilityMap(SaliencyMethod):
         start = level.class_offset
         return b.op("Slice", blocks, b.ints([start]), b.ints([start + k]), b.ints([2]))
 
-    def _best_scores(self, b: GraphBuilder, target: DetectorHeads, grouped) -> object:
+    def _best_scores(self, b: GraphBuilder, target: DetectorClassMaps, grouped) -> object:
         """[B, K]: the best score of each class at one level, over anchors and positions."""
         if target.activation == "Softmax":  # probabilities exist per position only
             grouped = b.softmax(grouped, axis=2, rank=5)
         return b.reduce("ReduceMax", grouped, [1, 3, 4], keepdims=False)
 
-    def _without_background(self, b: GraphBuilder, target: DetectorHeads, x):
+    def _without_background(self, b: GraphBuilder, target: DetectorClassMaps, x):
         background = self.background(target)
         if background == "none":
             return x

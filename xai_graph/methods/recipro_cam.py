@@ -16,7 +16,7 @@ Masks are generated in the graph (EyeLike, then a 3x3 convolution), never stored
 
 Top-k: with `top_k`, maps are computed only for each image's k best classes (TopK
 on the model's own logits); where the tail ends with a linear layer, only those k
-rows of its weight are used (Gather), which keeps 1000-class heads cheap.
+rows of its weight are used (Gather), which keeps 1000-class classifiers cheap.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from xai_graph.errors import XaiGraphError
+from xai_graph.errors import XaiGraphError, option_text
 from xai_graph.graph.analysis import GraphIndex, constant_array
 from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.tail import clone_tail
@@ -81,7 +81,9 @@ class ReciproCAM(SaliencyMethod):
         k = self.options.top_k
         if k is not None:
             if self.options.score == "softmax":
-                raise XaiGraphError("top-k maps need every class for a softmax score; use --score logits or sigmoid")
+                raise XaiGraphError("top-k maps need every class for a softmax score; use "
+                                    f"{option_text('score', 'logits')} "
+                                    "or sigmoid")
             if k < 1 or (target.num_classes is not None and k > target.num_classes):
                 raise XaiGraphError(f"top-k must be between 1 and the number of classes ({target.num_classes})")
 
@@ -96,7 +98,7 @@ class ReciproCAM(SaliencyMethod):
         return None if self.options.brute_force else _averaging_pool(target)
 
     def build(self, b: GraphBuilder, target: Target) -> Saliency:
-        index = GraphIndex(b.graph)
+        index = target.index or GraphIndex(b.graph)  # the find step's, taken before any head node
         f, layout = target.value, target.layout
         h, w = layout.sides(b, f)
         static_h, static_w = layout.static_grid(f)
@@ -130,7 +132,7 @@ class ReciproCAM(SaliencyMethod):
         return all(n.op_type in _SHAPE_ONLY for n in target.tail if n in between)
 
     def _linear_head(self, b: GraphBuilder, target: Target, pool: ir.Node, final: _Linear, classes, positions):
-        """Pool -> (reshapes) -> linear layer, the commonest head: S = W @ pooled + bias as one MatMul.
+        """Pool -> (reshapes) -> linear layer, the commonest classifier: S = W @ pooled + bias as one MatMul.
 
         The pooled vectors stay in F's own [B, C, hw] layout, so no transposes are needed;
         with top-k only the k selected rows of W take part.
@@ -159,7 +161,7 @@ class ReciproCAM(SaliencyMethod):
         nodes = [n for n in target.tail if n in between]
         if end is start or (end is not target.logits and all(n.op_type in _SHAPE_ONLY for n in nodes)):
             return batch  # nothing but reshaping between the pool and the last layer: no clone needed
-        return clone_tail(b, nodes, start, batch, end)
+        return clone_tail(b, nodes, start, batch, end, index=index)
 
     def _selected_rows(self, b: GraphBuilder, final: _Linear, hidden: ir.Value, classes: ir.Value,
                        positions) -> ir.Value:

@@ -4,11 +4,11 @@ For each patch p a token mask m_p (the 3x3 Gaussian [[1,2,1],[2,4,2],[1,2,1]]/16
 p over the patch grid, clipped at the borders, or one-hot; 1 for the class and other extra
 tokens) scales both the tokens entering the last block (its residual input) and their
 layer-normalised form n (what enters attention); S[k, p] is class k's score when the last
-block and the head run on the masked sequence.
+block and the classifier run on the masked sequence.
 
 Two forms compute the same S:
 - class-token attention (default where the block's attention is recognised). Only the extra
-  tokens' rows reach the head, and their masks are 1, so their queries and residuals are the
+  tokens' rows reach the classifier, and their masks are 1, so their queries and residuals are the
   model's own. Keys and values are per-token affine in n: for a mask m, K_m = m*K + (1-m)*K0
   with K0 the projection of a zero token (the bias), likewise V_m. So, per mask, the extra
   tokens' attention logits are m*(f(QK) - f(QK0)) + f(QK0) (f: the model's scaling), and
@@ -17,7 +17,7 @@ Two forms compute the same S:
   sequence shaped like the model's own (T = extra + hw), so every copied reshape still holds.
   Cost: about one block's MLP per extra token plus hw x T x D for attention.
 - cloned block (`--brute-force`, or where attention is not recognised): the block and the
-  head run on the B*hw masked sequences, hw times the block's cost.
+  classifier run on the B*hw masked sequences, hw times the block's cost.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class ViTReciproCAM(SaliencyMethod):
         return CLONED_FORM if self.options.brute_force or target.attention is None else CLASS_TOKEN_FORM
 
     def repeated_nodes(self, target: TransformerBlock) -> list[ir.Node]:
-        return target.tail if self.form(target) == CLONED_FORM else target.head
+        return target.tail if self.form(target) == CLONED_FORM else target.classifier
 
     def build(self, b: GraphBuilder, target: TransformerBlock) -> Saliency:
         h, w = target.grid
@@ -87,7 +87,7 @@ class ViTReciproCAM(SaliencyMethod):
 
 
 def cloned_block_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndarray) -> ir.Value:
-    """The last block and the head on the B*hw masked sequences: [B*hw, K] logits."""
+    """The last block and the classifier on the B*hw masked sequences: [B*hw, K] logits."""
     hw, tokens = masks.shape
     mask, dim = b.const(masks.reshape(1, hw, tokens, 1)), b.dim(block.tokens, 2)
 
@@ -98,7 +98,7 @@ def cloned_block_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndar
     # original LN1 output would stop ONNX Runtime fusing it into attention, which changes the
     # original scores in the last bit.
     normalised = clone_nodes(b, block.norm1.nodes, {})[block.normalised]
-    return clone_tail(b, block.tail, block.tokens, masked(block.tokens), block.logits,
+    return clone_tail(b, block.tail, block.tokens, masked(block.tokens), block.logits, index=block.index,
                       also={block.normalised: masked(normalised)})
 
 
@@ -175,7 +175,7 @@ def class_token_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndarr
         rows.append(b.unsqueeze(b.op("Slice", out, b.ints([extra]), b.ints([tokens]), b.ints([1])), [2]))
     per_mask = rows[0] if extra == 1 else b.op("Concat", *rows, axis=2)  # [B, hw, E, D]
     per_mask = b.reshape(per_mask, -1, extra, b.dim(x, 2))
-    return clone_tail(b, block.head, block.block_output, per_mask, block.logits)
+    return clone_tail(b, block.classifier, block.block_output, per_mask, block.logits, index=block.index)
 
 
 @register_method
