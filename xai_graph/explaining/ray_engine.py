@@ -20,6 +20,7 @@ import pickle
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from xai_graph.explaining.sources import SourceUri, read_source
 from xai_graph.files import TEMP_PREFIX, scratch_folder
 
 CONNECT_TIMEOUT_S = 5.0
+CALLS_PER_ACTOR = 2  # batches in progress in one actor at once (see ExplainWorker)
 
 
 def ray_missing() -> XaiGraphError:
@@ -133,6 +135,9 @@ class ExplainWorker:
         self.encoder = ResultEncoder(self.scratch / "encoder", alpha=alpha, raw=raw,
                                      image_format=image_format) if output == "files" else None
         self.pool = ThreadPoolExecutor(max(2, threads))  # OpenCV releases the GIL: decode and render overlap
+        # Two batches run at once (the pool's max_concurrent_calls_per_actor): one decodes or renders while the
+        # other's runs the model. One inference at a time: an OpenVINO infer request is not thread-safe.
+        self._inference = threading.Lock()
 
     def __call__(self, batch: dict) -> dict:
         names = [str(x) for x in batch["path"]]
@@ -144,7 +149,8 @@ class ExplainWorker:
         for start in range(0, len(ready), self.batch_size):
             chunk = ready[start:start + self.batch_size]
             try:
-                outputs = self.explainer.run([tensor for _, _, tensor, _, _ in chunk])
+                with self._inference:
+                    outputs = self.explainer.run([tensor for _, _, tensor, _, _ in chunk])
             except Exception as exc:  # noqa: BLE001 (a batch the runtime refuses fails its images, not the job)
                 results.update({str(s): ("failed", f"inference failed ({type(exc).__name__}: {exc})")
                                 for s, *_ in chunk})
@@ -257,7 +263,9 @@ def _run_job(explainer_options, sources, writer, workers, batch_size, output, pr
     # Small blocks, so that batches stream to the actors (and results back) from the start.
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 10_000)))
     dataset = dataset.map_batches(
-        ExplainWorker, batch_size=batch_size, compute=ActorPoolStrategy(size=workers), num_cpus=1,
+        ExplainWorker, batch_size=batch_size, num_cpus=1,
+        compute=ActorPoolStrategy(size=workers, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                                  enable_true_multi_threading=True),
         fn_constructor_kwargs={"explainer_options": explainer_options, "output": output, "alpha": writer.alpha,
                                "raw": getattr(writer, "raw", False), "image_format": getattr(writer, "ext", "png"),
                                "threads": _threads_per_worker(ray, workers), "batch_size": batch_size})
