@@ -226,19 +226,20 @@ def _uri_list(tmp_path: Path) -> Path:
 
 
 def test_a_path_list_of_uris_and_paths(cluster, model, tmp_path):
-    """A text list mixing a file:// URI and a relative path, read by the Ray engine: the URI's image is decoded
-    from its bytes and named as given."""
+    """A text list mixing a file:// URI, a relative path and a file that is not there, read by the Ray engine: the
+    URI's image is decoded from its bytes and named as given; the missing one is recorded as failed (exit 3)."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("chelsea.png", "coffee.png"):
         (photos / name).write_bytes((SAMPLES / "images" / name).read_bytes())
     listed = photos / "list.txt"
-    listed.write_text(f"# two photos\nfile://{photos / 'chelsea.png'}\n\ncoffee.png\n")
+    listed.write_text(f"# two photos and a missing one\nfile://{photos / 'chelsea.png'}\n\ncoffee.png\ngone.png\n")
     result = cli("explain", model, "--list", listed, "-o", tmp_path / "out", "--engine", "ray", "--ray-address",
                  cluster, "-q")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3 and "1 failed" in result.stderr, result.stderr
     records = {r["image"]: r for r in predictions(tmp_path / "out")["images"]}
-    assert set(records) == {f"file://{photos / 'chelsea.png'}", str(photos / "coffee.png")}
+    assert set(records) == {f"file://{photos / 'chelsea.png'}", str(photos / "coffee.png"), str(photos / "gone.png")}
+    assert records[str(photos / "gone.png")]["error"] and not records[str(photos / "coffee.png")]["error"]
     assert records[f"file://{photos / 'chelsea.png'}"]["top"][0]["label"] == "Egyptian_cat"
     assert list((tmp_path / "out").glob("chelsea_Egyptian_cat_overlay.*"))  # (png or jpg: the default format)
 
