@@ -78,9 +78,20 @@ def read_path_list(where: str, column: str = PATH_COLUMN) -> list[Source]:
     return [as_source(entry, base) for entry in entries]
 
 
+def _pyarrow(what: str):
+    """pyarrow, or a one-line error: it comes with the ray extra, not with the core install."""
+    try:
+        import pyarrow
+        import pyarrow.fs  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as exc:
+        raise XaiGraphError(f"{what} needs pyarrow: pip install 'xai-graph[ray]'") from exc
+    return pyarrow
+
+
 def _parquet_column(data: bytes, where: str, column: str) -> list[str]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = _pyarrow("reading a Parquet path list")
+    pq = pa.parquet
 
     try:
         table = pq.read_table(pa.BufferReader(data))
@@ -108,9 +119,8 @@ def _read_bytes(where: str, what: str, limit: int) -> bytes:
             return Path(where).read_bytes()
         except OSError as exc:
             raise XaiGraphError(f"{where}: cannot read the {what} ({exc.strerror or _first_line(exc)})") from exc
-    import pyarrow as pa
-    import pyarrow.fs as pafs
-
+    pa = _pyarrow(f"reading {where}")
+    pafs = pa.fs
     try:
         filesystem, inner = pafs.FileSystem.from_uri(where)
         info = filesystem.get_file_info(inner)
@@ -153,8 +163,8 @@ def fingerprints(sources: list[Source]) -> dict[str, dict | None]:
 
 
 def _uri_fingerprints(uris: list[str]) -> dict[str, dict | None]:
-    import pyarrow as pa
-    import pyarrow.fs as pafs
+    pa = _pyarrow("reading URIs")
+    pafs = pa.fs
 
     try:
         filesystem, _ = pafs.FileSystem.from_uri(uris[0])
