@@ -38,15 +38,23 @@ def find_layout(outputs: dict[str, tuple[tuple, bool]]) -> DetectionLayout | Non
         if not integer and len(shape) in (2, 3) and shape[-1] == 6:
             return DetectionLayout(name, None, None, len(shape) == 3)
     labels = [n for n, (shape, integer) in by_rank.items() if integer and len(shape) in (1, 2)]
+    if not labels:
+        return None
     for name, (shape, integer) in by_rank.items():
-        if integer or not labels:
-            continue
-        if len(shape) == 3 and shape[-1] == 5:
-            return DetectionLayout(name, None, next((n for n in labels if len(by_rank[n][0]) == 2), labels[0]), True)
-        if len(shape) == 2 and shape[-1] == 4:
-            scores = [n for n, (s, i) in by_rank.items() if not i and len(s) == 1]
-            if scores:
-                return DetectionLayout(name, scores[0], next(n for n in labels if len(by_rank[n][0]) == 1), False)
+        found = None if integer else _boxes_with_labels(name, shape, labels, by_rank)
+        if found is not None:
+            return found
+    return None
+
+
+def _boxes_with_labels(name: str, shape: tuple, labels: list[str], by_rank: dict) -> DetectionLayout | None:
+    """Boxes with their scores [B, N, 5] (batched) or [N, 4] beside [N] scores, and their integer labels."""
+    if len(shape) == 3 and shape[-1] == 5:
+        return DetectionLayout(name, None, next((n for n in labels if len(by_rank[n][0]) == 2), labels[0]), True)
+    if len(shape) == 2 and shape[-1] == 4:
+        scores = [n for n, (s, i) in by_rank.items() if not i and len(s) == 1]
+        if scores:
+            return DetectionLayout(name, scores[0], next(n for n in labels if len(by_rank[n][0]) == 1), False)
     return None
 
 

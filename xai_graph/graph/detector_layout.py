@@ -351,11 +351,8 @@ def box_anchors(classes: ir.Value, candidates: list[ir.Value], size_of) -> list[
 def raw_level_maps(graph: ir.Graph, size_of) -> dict[ir.Value, ClassLayout] | None:
     """Per-level class and box maps as the graph's outputs, without a score activation (RetinaNet,
     EfficientDet): each level's class map and its layout; None where the outputs are not such pairs."""
-    levels: dict = {}
-    for v in graph.outputs:
-        if spatial_size(v) is not None and _made_by_conv(v):
-            levels.setdefault(size_of(v), []).append(v)
-    if len(levels) < 2 or any(len(pair) != 2 for pair in levels.values()) or any(None in s for s in levels):
+    levels = _output_pairs(graph, size_of)
+    if levels is None:
         return None
     readings = [_pair_readings(pair, size_of) for pair in levels.values()]
     common = set.intersection(*({layout.classes for layout in r.values()} for r in readings))
@@ -368,6 +365,17 @@ def raw_level_maps(graph: ir.Graph, size_of) -> dict[ir.Value, ClassLayout] | No
                             f"channels; name the class maps with {option_text('class_maps', 'VALUE')} (and "
                             f"{option_text('num_classes', 'K')})")
     return {cls: layout for level in chosen for cls, layout in level.items()}
+
+
+def _output_pairs(graph: ir.Graph, size_of) -> dict[tuple, list[ir.Value]] | None:
+    """Convolution outputs grouped by map size, where there are two sizes or more, two maps each; else None."""
+    levels: dict = {}
+    for v in graph.outputs:
+        if spatial_size(v) is not None and _made_by_conv(v):
+            levels.setdefault(size_of(v), []).append(v)
+    if len(levels) < 2 or any(len(pair) != 2 for pair in levels.values()) or any(None in s for s in levels):
+        return None
+    return levels
 
 
 def _pair_readings(pair: list[ir.Value], size_of) -> dict[ir.Value, ClassLayout]:

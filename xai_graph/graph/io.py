@@ -134,30 +134,37 @@ def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _settle_batch_independent_dims(folded: onnx.ModelProto, inferred: onnx.ModelProto) -> None:
-    unknown = [v for v in inferred.graph.value_info
-               if any(not d.dim_value and d.dim_param.startswith("unk__") or not (d.dim_value or d.dim_param)
-                      for d in v.type.tensor_type.shape.dim)]
-    batched = [i for i in folded.graph.input if i.type.tensor_type.shape.dim
-               and not i.type.tensor_type.shape.dim[0].dim_value]
+    """Dims shape inference left unknown that are the same at batch 2 and 3 do not depend on the batch:
+    they are set to that value."""
+    unknown = [v for v in inferred.graph.value_info if any(_unknown(d) for d in v.type.tensor_type.shape.dim)]
+    batched = {i.name for i in folded.graph.input if i.type.tensor_type.shape.dim
+               and not i.type.tensor_type.shape.dim[0].dim_value}
     if not unknown or not batched:
         return
-    probes = []
-    for batch in (2, 3):
-        scratch = onnx.ModelProto()
-        scratch.CopyFrom(folded)
-        for graph_input in scratch.graph.input:
-            if graph_input.name in {i.name for i in batched}:
-                graph_input.type.tensor_type.shape.dim[0].dim_value = batch
-        probe = onnx.shape_inference.infer_shapes(scratch, strict_mode=False, data_prop=True)
-        probes.append({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in probe.graph.value_info})
+    first, second = (_dims_at_batch(folded, batched, batch) for batch in (2, 3))
     for value in unknown:
-        first, second = probes[0].get(value.name), probes[1].get(value.name)
         dims = value.type.tensor_type.shape.dim
-        if first is None or second is None or len(first) != len(dims) or len(second) != len(dims):
+        at_2, at_3 = first.get(value.name), second.get(value.name)
+        if at_2 is None or at_3 is None or not len(at_2) == len(at_3) == len(dims):
             continue
-        for dim, a, b in zip(dims, first, second):
+        for dim, a, b in zip(dims, at_2, at_3):
             if not dim.dim_value and a and a == b:
                 dim.dim_value = a  # (setting the value clears the unknown symbol)
+
+
+def _unknown(dim) -> bool:
+    return (not dim.dim_value and dim.dim_param.startswith("unk__")) or not (dim.dim_value or dim.dim_param)
+
+
+def _dims_at_batch(model: onnx.ModelProto, batched: set[str], batch: int) -> dict[str, list[int]]:
+    """Each value's dims (0 where unknown) when the batched inputs are fixed at `batch`."""
+    scratch = onnx.ModelProto()
+    scratch.CopyFrom(model)
+    for graph_input in scratch.graph.input:
+        if graph_input.name in batched:
+            graph_input.type.tensor_type.shape.dim[0].dim_value = batch
+    probe = onnx.shape_inference.infer_shapes(scratch, strict_mode=False, data_prop=True)
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in probe.graph.value_info}
 
 
 _FOLD_LIMIT = 4096  # elements: shape and padding arithmetic, never weights

@@ -166,21 +166,7 @@ def pool_layout(node: ir.Node) -> Layout | None:
     """The layout of the map `node` pools over every position, or None when it is not a global pooling."""
     x = node.inputs[0] if node.inputs else None
     rank = len(x.shape) if x is not None and x.shape is not None else None
-    if rank not in (3, 4):
-        return None
-    if node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
-        kind = "NCHW" if rank == 4 else "NCL"
-    elif node.op_type in ("ReduceMean", "ReduceMax"):
-        axes = _reduced_axes(node, rank)
-        kind = _REDUCE_LAYOUTS.get((rank, tuple(sorted(axes)))) if axes else None
-    elif node.op_type in ("AveragePool", "MaxPool") and rank == 4:
-        kernel = node.attributes["kernel_shape"].as_ints() if "kernel_shape" in node.attributes else None
-        pads = node.attributes["pads"].as_ints() if "pads" in node.attributes else [0]
-        auto_pad = node.attributes["auto_pad"].as_string() if "auto_pad" in node.attributes else "NOTSET"
-        covers = kernel is not None and tuple(kernel) == spatial_size(x) and None not in spatial_size(x)
-        kind = "NCHW" if covers and not any(pads) and auto_pad in ("NOTSET", "VALID") else None
-    else:
-        kind = None
+    kind = _pooled_layout(node, x, rank) if rank in (3, 4) else None
     if kind is None:
         return None
     if rank == 3:  # a token sequence: its grid must be square to be told from the sequence length
@@ -190,6 +176,22 @@ def pool_layout(node: ir.Node) -> Layout | None:
         grid = square_grid(length)
         return Layout(kind, grid) if grid is not None else None
     return Layout(kind)
+
+
+def _pooled_layout(node: ir.Node, x: ir.Value, rank: int) -> str | None:
+    """The layout kind `node` pools over every position of (rank 3 or 4), or None."""
+    if node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
+        return "NCHW" if rank == 4 else "NCL"
+    if node.op_type in ("ReduceMean", "ReduceMax"):
+        axes = _reduced_axes(node, rank)
+        return _REDUCE_LAYOUTS.get((rank, tuple(sorted(axes)))) if axes else None
+    if node.op_type in ("AveragePool", "MaxPool") and rank == 4:
+        kernel = node.attributes["kernel_shape"].as_ints() if "kernel_shape" in node.attributes else None
+        pads = node.attributes["pads"].as_ints() if "pads" in node.attributes else [0]
+        auto_pad = node.attributes["auto_pad"].as_string() if "auto_pad" in node.attributes else "NOTSET"
+        covers = kernel is not None and tuple(kernel) == spatial_size(x) and None not in spatial_size(x)
+        return "NCHW" if covers and not any(pads) and auto_pad in ("NOTSET", "VALID") else None
+    return None
 
 
 def _made_channels_first(value: ir.Value, index: GraphIndex) -> bool:
@@ -221,72 +223,84 @@ def find_target(model: ir.Model, target_layer: str | None = None, need_scores: b
             raise
         value = _named_value(graph, target_layer)
         if value is None or spatial_size(value) is None:
-            named_as = option_text('target_layer', repr(target_layer))
+            named_as = option_text("target_layer", repr(target_layer))
             raise XaiGraphError(f"{named_as} is not a [B, C, h, w] map of the model") from None
         return Target(value, None, None, None, "named with --target-layer")
-    logits, activation = strip_score_activation(scores)
-    ancestors = index.ancestors(logits)
+    search = _TargetSearch(graph, index, scores)
+    return search.named(target_layer) if target_layer is not None else search.chosen()
 
-    def is_sole_source(value: ir.Value) -> bool:
-        return not index.foreign_inputs(value, index.path_nodes(value, logits))
 
-    pools = [Pool(node, node.inputs[0], False, layout) for node in index.nodes
-             if node in ancestors and (layout := pool_layout(node)) is not None]
-    for pool in pools:
-        pool.feeds_scores = is_sole_source(pool.node.outputs[0])
+class _TargetSearch:
+    """The maps near the scores that the scores are a function of alone, and the target among them."""
 
-    def is_candidate(v: ir.Value) -> bool:  # (a node's other outputs, such as MaxPool's indices, may not feed it)
-        feeds_scores = any(user in ancestors for user in v.consumers())
-        return (feeds_scores and _has_spatial_extent(v) and v in index.data_dependent
-                and _made_channels_first(v, index) and is_sole_source(v))
+    def __init__(self, graph: ir.Graph, index: GraphIndex, scores: ir.Value):
+        self.graph, self.index, self.scores = graph, index, scores
+        self.logits, self.activation = strip_score_activation(scores)
+        self.ancestors = index.ancestors(self.logits)
+        self.pools = [Pool(node, node.inputs[0], False, layout) for node in index.nodes
+                      if node in self.ancestors and (layout := pool_layout(node)) is not None]
+        for pool in self.pools:
+            pool.feeds_scores = self.is_sole_source(pool.node.outputs[0])
+        self.candidates = self._candidates()
 
-    # The last few maps, nearest the scores first in the search; checking every
-    # value of a deep network would cost O(nodes^2).
-    candidates: list[ir.Value] = []
-    for node in reversed(index.nodes):
-        if node in ancestors:
-            candidates[:0] = [v for v in node.outputs if is_candidate(v)]
-        if len(candidates) >= _MAX_CANDIDATES:
-            break
+    def is_sole_source(self, value: ir.Value) -> bool:
+        return not self.index.foreign_inputs(value, self.index.path_nodes(value, self.logits))
 
-    def target(value: ir.Value, reason: str, layout: Layout = Layout()) -> Target:
-        return Target(value, scores, logits, activation, reason, index.path_nodes(value, logits),
-                      pools, candidates, layout)
+    def is_candidate(self, v: ir.Value) -> bool:  # (a node's other outputs, such as MaxPool's indices, may not feed it)
+        feeds_scores = any(user in self.ancestors for user in v.consumers())
+        return (feeds_scores and _has_spatial_extent(v) and v in self.index.data_dependent
+                and _made_channels_first(v, self.index) and self.is_sole_source(v))
 
-    if target_layer is not None:
-        value = _named_value(graph, target_layer)
+    def _candidates(self) -> list[ir.Value]:
+        """The last few maps, in graph order; checking every value of a deep network would cost O(nodes^2)."""
+        candidates: list[ir.Value] = []
+        for node in reversed(self.index.nodes):
+            if node in self.ancestors:
+                candidates[:0] = [v for v in node.outputs if self.is_candidate(v)]
+            if len(candidates) >= _MAX_CANDIDATES:
+                break
+        return candidates
+
+    def target(self, value: ir.Value, reason: str, layout: Layout = Layout()) -> Target:
+        return Target(value, self.scores, self.logits, self.activation, reason,
+                      self.index.path_nodes(value, self.logits), self.pools, self.candidates, layout)
+
+    def named(self, target_layer: str) -> Target:
+        value = _named_value(self.graph, target_layer)
+        named_as = option_text("target_layer", repr(target_layer))
+        maps = ", ".join(v.name for v in self.candidates) or "none"
         if value is None:
-            names = ", ".join(v.name for v in candidates) or "none"
-            raise XaiGraphError(f"{option_text('target_layer', repr(target_layer))} is neither a value nor a node of "
-                                f"the model; candidate maps: {names}")
+            raise XaiGraphError(f"{named_as} is neither a value nor a node of the model; candidate maps: {maps}")
         if spatial_size(value) is None:
-            raise XaiGraphError(f"{option_text('target_layer', repr(target_layer))} is {shape_text(value)}, "
-                                "not a [B, C, h, w] map")
-        if not is_candidate(value):
+            raise XaiGraphError(f"{named_as} is {shape_text(value)}, not a [B, C, h, w] map")
+        if not self.is_candidate(value):
             raise XaiGraphError(f"the scores are not a function of {target_layer!r} alone (other activations join "
-                                f"after it); candidate maps: {', '.join(v.name for v in candidates) or 'none'}")
-        return target(value, "named with --target-layer")
+                                f"after it); candidate maps: {maps}")
+        return self.target(value, "named with --target-layer")
 
-    head_pools = [p for p in pools if p.feeds_scores and _has_spatial_extent(p.input, p.layout)]
-    if head_pools:
-        pool = head_pools[-1]
-        where = "" if pool.layout.kind == "NCHW" else f" ({pool.layout.kind} layout)"
-        return target(pool.input, f"input of {pool.node.op_type} '{pool.node.name}', the pooling that feeds "
-                                  f"'{scores.name}'{where}", pool.layout)
-    if candidates:
-        chosen = target(candidates[-1],
-                        f"last spatial map before the classifier of '{scores.name}' (no global pooling)")
-        share = work_fraction(graph, chosen.tail)
-        if share is not None and share > _MAX_TAIL_SHARE:
-            raise XaiGraphError(f"the last spatial map the scores depend on, '{chosen.value.name}', comes before "
-                                f"{100 * share:.0f}% of the network (a transformer's patch embedding, say): its map "
-                                f"would not explain the scores; name a map with {option_text('target_layer', 'NAME')}")
-        return chosen
-    raise XaiGraphError(f"'{scores.name}' is fed by no spatial map [B, C, h, w] (CNN) and by no recognised "
-                        "transformer block (tokens [B, E + h*w, D], E <= 8 extra tokens, through pre-norm blocks "
-                        "and a final "
-                        "layer norm); this is neither a CNN nor a ViT-style classifier: name a map with "
-                        f"{option_text('target_layer', 'NAME')}")
+    def chosen(self) -> Target:
+        """The input of the pooling that feeds the scores, else the last spatial map before them."""
+        scores = self.scores
+        head_pools = [p for p in self.pools if p.feeds_scores and _has_spatial_extent(p.input, p.layout)]
+        if head_pools:
+            pool = head_pools[-1]
+            where = "" if pool.layout.kind == "NCHW" else f" ({pool.layout.kind} layout)"
+            return self.target(pool.input, f"input of {pool.node.op_type} '{pool.node.name}', the pooling that "
+                                            f"feeds '{scores.name}'{where}", pool.layout)
+        if self.candidates:
+            chosen = self.target(self.candidates[-1],
+                                 f"last spatial map before the classifier of '{scores.name}' (no global pooling)")
+            share = work_fraction(self.graph, chosen.tail)
+            if share is not None and share > _MAX_TAIL_SHARE:
+                raise XaiGraphError(
+                    f"the last spatial map the scores depend on, '{chosen.value.name}', comes before "
+                    f"{100 * share:.0f}% of the network (a transformer's patch embedding, say): its map would not "
+                    f"explain the scores; name a map with {option_text('target_layer', 'NAME')}")
+            return chosen
+        raise XaiGraphError(f"'{scores.name}' is fed by no spatial map [B, C, h, w] (CNN) and by no recognised "
+                            "transformer block (tokens [B, E + h*w, D], E <= 8 extra tokens, through pre-norm blocks "
+                            "and a final layer norm); this is neither a CNN nor a ViT-style classifier: name a map "
+                            f"with {option_text('target_layer', 'NAME')}")
 
 
 def _named_value(graph: ir.Graph, name: str) -> ir.Value | None:

@@ -242,38 +242,52 @@ def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Val
     if len(softmaxes) != 1:
         return None, f"{len(softmaxes)} Softmax nodes between LN1 and the attention residual (expected one)"
     softmax = softmaxes[0]
-    logit_nodes, value = [], softmax.inputs[0]
-    while (node := value.producer()) is not None and node.op_type in _ELEMENTWISE:
-        data = [v for v in node.inputs if v in index.data_dependent]
-        if len(node.inputs) != 2 or len(data) != 1:
-            return None, f"'{node.name}' before the attention Softmax is not a scaling by a constant"
-        other = _other_input(node, data[0])
-        constant = constant_array(other)
-        shape = list(other.shape) if other.shape is not None else constant.shape if constant is not None else None
-        rows = known_dim(shape[-2]) if shape is not None and len(shape) >= 2 else 1
-        if shape is None or rows not in (1, tokens):  # a [.., T, T] mask is sliced to the extra tokens' rows
-            return None, f"'{node.name}' before the attention Softmax adds or scales by a tensor of unknown shape"
-        logit_nodes.insert(0, node)
-        value = data[0]
+    logit_nodes, value, why = _logit_scalings(index, softmax, tokens)
+    if why:
+        return None, why
     matmul = value.producer()
     probabilities = _past_identities(softmax.outputs[0])
     users = probabilities.consumers()
     if matmul is None or matmul.op_type != "MatMul" or len(users) != 1 or users[0].op_type != "MatMul" \
             or users[0].inputs[0] is not probabilities:
         return None, "the attention is not softmax(Q @ K^T) @ V written with MatMul"
-    logit_nodes.insert(0, matmul)
-    query, keys = matmul.inputs
-    values, output = users[0].inputs[1], users[0].outputs[0]
+    attention = Attention(*matmul.inputs, users[0].inputs[1], users[0].outputs[0], [matmul, *logit_nodes], [], [])
+    why = _axes_mismatch(attention, matmul, softmax, tokens)
+    return (None, why) if why else _checked(index, block, attention)
+
+
+def _logit_scalings(index: GraphIndex, softmax: ir.Node, tokens) -> tuple[list[ir.Node], ir.Value, str]:
+    """The elementwise nodes between Q @ K^T and the Softmax (a scale, a mask), the value they start from,
+    and why they do not fit the class-token form ("" when they do)."""
+    logit_nodes, value = [], softmax.inputs[0]
+    while (node := value.producer()) is not None and node.op_type in _ELEMENTWISE:
+        data = [v for v in node.inputs if v in index.data_dependent]
+        if len(node.inputs) != 2 or len(data) != 1:
+            return [], value, f"'{node.name}' before the attention Softmax is not a scaling by a constant"
+        other = _other_input(node, data[0])
+        constant = constant_array(other)
+        shape = list(other.shape) if other.shape is not None else constant.shape if constant is not None else None
+        rows = known_dim(shape[-2]) if shape is not None and len(shape) >= 2 else 1
+        if shape is None or rows not in (1, tokens):  # a [.., T, T] mask is sliced to the extra tokens' rows
+            return [], value, f"'{node.name}' before the attention Softmax adds or scales by a tensor of unknown shape"
+        logit_nodes.insert(0, node)
+        value = data[0]
+    return logit_nodes, value, ""
+
+
+def _axes_mismatch(att: Attention, matmul: ir.Node, softmax: ir.Node, tokens) -> str:
+    """Why Q, K, V and the output are not laid out as softmax(Q @ K^T) @ V over the tokens ("" when they are)."""
     axis = softmax.attributes.get_int("axis", -1)
-    ranks = {len(v.shape) if v.shape is not None else None for v in (query, keys, values, output)}
+    ranks = {len(v.shape) if v.shape is not None else None for v in (att.query, att.keys, att.values, att.output)}
     if len(ranks) != 1 or None in ranks or axis not in (-1, ranks.pop() - 1):
-        return None, "the attention's tensors have unknown or differing ranks, or its Softmax is not over the keys"
+        return "the attention's tensors have unknown or differing ranks, or its Softmax is not over the keys"
     key_axis = -2 if matmul.attributes.get_int("transpose_b", 0) else -1  # (OpenVINO's MatMul)
     if matmul.attributes.get_int("transpose_a", 0):
-        return None, "the attention's Q @ K^T transposes Q"
-    if any(known_dim(v.shape[a]) != tokens for v, a in ((query, -2), (keys, key_axis), (values, -2), (output, -2))):
-        return None, "the attention's token axes are not where Q @ K^T and P @ V put them"
-    return _checked(index, block, Attention(query, keys, values, output, logit_nodes, [], []))
+        return "the attention's Q @ K^T transposes Q"
+    axes = ((att.query, -2), (att.keys, key_axis), (att.values, -2), (att.output, -2))
+    if any(known_dim(v.shape[a]) != tokens for v, a in axes):
+        return "the attention's token axes are not where Q @ K^T and P @ V put them"
+    return ""
 
 
 def _past_identities(value: ir.Value) -> ir.Value:

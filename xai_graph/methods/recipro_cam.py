@@ -252,13 +252,7 @@ def _final_linear(b: GraphBuilder, target: Target, index: GraphIndex) -> _Linear
         return array is not None and array.ndim == ndim
 
     if node.op_type == "Gemm":
-        attrs = {k: a.value for k, a in node.attributes.items()}
-        bias = node.inputs[2] if len(node.inputs) > 2 else None
-        if (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0
-                or not constant(node.inputs[1], 2) or (bias is not None and not constant(bias, 1))):
-            return None
-        weight = node.inputs[1] if attrs.get("transB", 0) else b.op("Transpose", node.inputs[1], perm=[1, 0])
-        return _Linear(node.inputs[0], weight, bias)
+        return _gemm_linear(b, node, constant)
     bias = None
     if node.op_type == "Add":
         products = [v for v in node.inputs if v.producer() is not None and v.producer().op_type == "MatMul"]
@@ -269,3 +263,14 @@ def _final_linear(b: GraphBuilder, target: Target, index: GraphIndex) -> _Linear
     if node.op_type == "MatMul" and constant(node.inputs[1], 2):
         return _Linear(node.inputs[0], b.op("Transpose", node.inputs[1], perm=[1, 0]), bias)
     return None
+
+
+def _gemm_linear(b: GraphBuilder, node: ir.Node, constant) -> _Linear | None:
+    """A Gemm as y = x @ W^T + bias, where it is plain (no transA, alpha = beta = 1) with constant weights."""
+    attrs = {k: a.value for k, a in node.attributes.items()}
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0
+            or not constant(node.inputs[1], 2) or (bias is not None and not constant(bias, 1))):
+        return None
+    weight = node.inputs[1] if attrs.get("transB", 0) else b.op("Transpose", node.inputs[1], perm=[1, 0])
+    return _Linear(node.inputs[0], weight, bias)
