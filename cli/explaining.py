@@ -68,8 +68,9 @@ MANY_CLASSES = 20  # --classes all above this many classes asks for --yes
 @click.option("--resize", type=click.Choice(RESIZE_TYPES), help="How images are fitted to the input.")
 @click.option("--box-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Detectors with final detections: the score from which boxes are drawn and their classes rendered.")
-@click.option("--image-format", type=click.Choice(IMAGE_FORMATS), default="png", show_default=True,
-              help="Format of the maps and overlays (jpg encodes several times faster).")
+@click.option("--image-format", type=click.Choice(IMAGE_FORMATS), default="jpg", show_default=True,
+              help="Format of the overlays (png: lossless, about 8 times slower to encode); maps are always "
+              "8-bit grayscale PNGs at their own resolution.")
 @click.option("--overwrite", is_flag=True, help="Explain every image again, replacing the files of an earlier run "
               "(without it, images an earlier run explained, unchanged since, are skipped).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")

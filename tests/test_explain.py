@@ -116,11 +116,14 @@ def test_explain_writes_maps_overlays_predictions_and_gallery(labelled_model, ph
         assert [c["id"] for c in record["explained"]] == [record["top"][0]["id"]]  # default: the predicted class
         label = record["explained"][0]["label"]
         safe = safe_name(label)
-        expected = {f"{stem}_image.jpg", f"{stem}_{safe}_saliency_map.png", f"{stem}_{safe}_overlay.png"}
+        expected = {f"{stem}_image.jpg", f"{stem}_{safe}_saliency_map.png", f"{stem}_{safe}_overlay.jpg"}
         assert set(record["files"]) == expected
         written |= set(record["files"])
-        overlay_image = cv2.imread(str(out / f"{stem}_{safe}_overlay.png"))
+        overlay_image = cv2.imread(str(out / f"{stem}_{safe}_overlay.jpg"))
         assert overlay_image.shape == (96, 128, 3)  # rendered at the image's own size
+        saliency = cv2.imread(str(out / f"{stem}_{safe}_saliency_map.png"), cv2.IMREAD_UNCHANGED)
+        assert saliency.dtype == np.uint8 and saliency.ndim == 2  # the head's map as it computed it: grayscale
+        assert max(saliency.shape) < 32 and saliency.max() == 255  # at its own resolution, scaled per map
     assert {p.name for p in out.iterdir()} == written | {"predictions.json", "index.html"}
 
 
@@ -132,7 +135,7 @@ def test_labels_cannot_escape_the_output_folder(labelled_model, photos, tmp_path
     assert all(p.parent == out for p in files), [str(p) for p in files if p.parent != out]
     for p in files:
         assert p.name.isprintable() and "/" not in p.name and not p.name.startswith(".")
-    assert len([p for p in files if p.name.endswith("_overlay.png")]) == 3 * len(HOSTILE_LABELS)
+    assert len([p for p in files if p.name.endswith("_overlay.jpg")]) == 3 * len(HOSTILE_LABELS)
 
 
 def test_class_selection(labelled_model, photos, tmp_path):
@@ -242,7 +245,7 @@ def test_bad_images_never_stop_the_run(labelled_model, tmp_path):
     assert "empty" in records["zero.png"]["error"] and "truncated" in records["truncated.jpg"]["error"]
     for name in ("good.png", "gray.png", "rgba.png", "deep16.png", "huge.jpg"):
         assert records[name]["files"], name
-    huge_overlay = cv2.imread(str(out / next(f for f in records["huge.jpg"]["files"] if f.endswith("_overlay.png"))))
+    huge_overlay = cv2.imread(str(out / next(f for f in records["huge.jpg"]["files"] if f.endswith("_overlay.jpg"))))
     assert max(huge_overlay.shape[:2]) == 2048  # rendered at a bounded size
     assert "failed" in result.stderr
 
@@ -299,13 +302,13 @@ def test_demo_cat_map_sits_on_the_cat(tmp_path):
     assert saliency[face].mean() > 2 * saliency[~face].mean()
 
 
-def test_jpeg_output_format(labelled_model, photos, tmp_path):
+def test_png_overlays_on_request(labelled_model, photos, tmp_path):
     out = tmp_path / "out"
-    result = xai_graph_cli("explain", labelled_model, "-i", photos / "one.png", "-o", out, "--image-format", "jpg")
+    result = xai_graph_cli("explain", labelled_model, "-i", photos / "one.png", "-o", out, "--image-format", "png")
     assert result.returncode == 0, result.stderr
     record = json.loads((out / "predictions.json").read_text())["images"][0]
-    maps = [f for f in record["files"] if f.endswith("_saliency_map.jpg")]
-    overlays = [f for f in record["files"] if f.endswith("_overlay.jpg")]
+    maps = [f for f in record["files"] if f.endswith("_saliency_map.png")]  # maps: PNG whatever the format
+    overlays = [f for f in record["files"] if f.endswith("_overlay.png")]
     assert len(maps) == len(overlays) == 1
     assert cv2.imread(str(out / overlays[0])).shape == (96, 128, 3)
     assert overlays[0] in (out / "index.html").read_text()

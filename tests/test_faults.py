@@ -863,7 +863,7 @@ def test_explain_into_its_own_photo_folder_never_replaces_a_photo(lite0_xai, tmp
     photos.mkdir()
     shutil.copyfile(SAMPLES / "images" / "chelsea.png", photos / "chelsea.png")
     shutil.copyfile(SAMPLES / "images" / "rocket.jpg", photos / "chelsea_image.jpg")
-    shutil.copyfile(SAMPLES / "images" / "coffee.png", photos / "chelsea_Egyptian_cat_overlay.png")
+    shutil.copyfile(SAMPLES / "images" / "coffee.png", photos / "chelsea_Egyptian_cat_overlay.jpg")
     shutil.copyfile(SAMPLES / "images" / "astronaut.png", photos / "chelsea_Egyptian_cat_saliency_map.png")
     before = digest(photos)
     env = child_env(tmp_path)
@@ -886,7 +886,7 @@ def test_a_link_to_a_photo_under_an_output_name_spares_the_photo(lite0_xai, tmp_
     shutil.copyfile(SAMPLES / "images" / "rocket.jpg", photos / "rocket.jpg")
     out = tmp_path / "out"
     out.mkdir()
-    _link(photos / "rocket.jpg", out / "chelsea_Egyptian_cat_overlay.png", hard=link == "hard link")
+    _link(photos / "rocket.jpg", out / "chelsea_Egyptian_cat_overlay.jpg", hard=link == "hard link")
     before = digest(photos)
     result = run_cli("explain", lite0_xai, "-i", photos, "-o", out, "--overwrite", "-q", env=child_env(tmp_path))
     assert digest(photos) == before, "a photo was replaced through a link in the output folder"
@@ -894,7 +894,7 @@ def test_a_link_to_a_photo_under_an_output_name_spares_the_photo(lite0_xai, tmp_
     assert gallery_problems(out, [photos / "chelsea.png", photos / "rocket.jpg"]) == []
     listed = {f for r in json.loads((out / "predictions.json").read_text())["images"] for f in r["files"]}
     orphans = sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".jpg") and p.name not in listed
-                     and p.name != "chelsea_Egyptian_cat_overlay.png")
+                     and p.name != "chelsea_Egyptian_cat_overlay.jpg")
     assert orphans == [], f"files written but listed nowhere: {orphans}"
 
 
@@ -1134,7 +1134,7 @@ def test_explain_interrupted_writes_what_is_done(lite0_xai, tmp_path, signum):
     photos = photo_folder(tmp_path / "photos", 80)
     out = tmp_path / "out"
     run = start_cli("explain", lite0_xai, "-i", photos, "-o", out, env=child_env(tmp_path))
-    wait_for(lambda: list(out.glob("*_overlay.png")), run, timeout=60, step=0.01)
+    wait_for(lambda: list(out.glob("*_overlay.*")), run, timeout=60, step=0.01)
     os.kill(run.proc.pid, signum)
     result = finish(run, timeout=60)
     assert result.code == 130, result
@@ -1204,7 +1204,7 @@ def test_read_only_folder_is_one_line(lite0_xai, tmp_path):
 
 
 def test_full_disk_is_one_line_and_leaves_no_part(lite0_xai, tmp_path):
-    photos = photo_folder(tmp_path / "photos", 12)
+    photos = photo_folder(tmp_path / "photos", 40)  # ~5 MB of results (JPEG overlays, 7x7 maps): more than fits
     with tmpfs(tmp_path / "full", "2m") as full:
         expect(invoke("insert", MODEL, "-o", full / "x.onnx"), (1,), "No space left on device")
         assert list(full.iterdir()) == [], "a failed insert left files on the full disk"

@@ -1,8 +1,11 @@
 """Write explain results into a folder: maps, overlays, predictions.json and index.html.
 
-Files are named `{stem}_{label}_saliency_map.png` / `{stem}_{label}_overlay.png`
-(class-agnostic maps: `{stem}_saliency_map.png`; `.jpg` on request, which encodes
-several times faster than PNG). Names are sanitised and checked
+Files are named `{stem}_{label}_saliency_map.png` / `{stem}_{label}_overlay.jpg`
+(class-agnostic maps: `{stem}_saliency_map.png`). Maps are written as the head computed
+them: 8-bit grayscale PNGs at their own resolution (7x7 for EfficientNet at 224x224),
+covering the model's input; overlays carry them onto the image in colour, as JPEG
+(photos; PNG on request: about 8 times slower to encode, more than the model itself
+takes on a small CPU). Names are sanitised and checked
 to stay inside the folder; each file is written to a temporary name and linked
 into place, so nothing is overwritten unless asked and no half-written file is
 ever visible.
@@ -27,13 +30,15 @@ from xai_graph.errors import XaiGraphError
 from xai_graph.explaining.explainer import Explanation
 from xai_graph.files import (FolderLock, check_writes_spare_reads, inode, remove_stale_parts, staged_file,
                              write_atomically)
-from xai_graph.explaining.render import colorize, map_to_image, overlay, render_size, scale_raw, to_uint8
+from xai_graph.explaining.render import (colorize, encode_image, map_to_image_u8, overlay, render_size, scale_raw,
+                                         to_uint8)
 
 PREDICTIONS = "predictions.json"
 INDEX = "index.html"
 JOURNAL = ".xai-graph-journal.jsonl"  # records not yet in predictions.json (a killed run's, read by the next)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-IMAGE_FORMATS = ("png", "jpg")
+IMAGE_FORMATS = ("png", "jpg")  # of the overlays; maps are always PNG
+DEFAULT_IMAGE_FORMAT = "jpg"
 
 
 def safe_name(text: str, limit: int = 80) -> str:
@@ -52,7 +57,7 @@ class ResultWriter:
     """
 
     def __init__(self, outdir: str | os.PathLike, overwrite: bool = False, alpha: float = 0.5, raw: bool = False,
-                 image_format: str = "png", protected: Iterable[Path] = ()):
+                 image_format: str = DEFAULT_IMAGE_FORMAT, protected: Iterable[Path] = ()):
         if image_format not in IMAGE_FORMATS:
             raise XaiGraphError(f"unknown image format {image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}")
         self.ext = image_format
@@ -144,10 +149,11 @@ class ResultWriter:
                 os.unlink(tmp)
 
     def _write_image(self, name: str, image: np.ndarray) -> str:
-        ok, encoded = cv2.imencode(os.path.splitext(name)[1], image)
-        if not ok:
-            raise XaiGraphError(f"could not encode {name}")
-        return self._write(name, encoded.tobytes())
+        try:
+            data = encode_image(image, os.path.splitext(name)[1])
+        except (ValueError, cv2.error) as exc:
+            raise XaiGraphError(f"could not encode {name}: {exc}") from exc
+        return self._write(name, data)
 
     # -- results -----------------------------------------------------------------
     def add(self, image_path: Path, image: np.ndarray, explanation: Explanation, input_size: tuple[int, int]) -> dict:
@@ -180,12 +186,12 @@ class ResultWriter:
             if self.raw:
                 files.append(self._write_npy(f"{stem}{_part(class_id, label)}_saliency_map.npy", saliency))
             if saliency.dtype != np.uint8:  # a float head's raw map: scaled per map, as the uint8 head does
-                saliency = scale_raw(saliency)
-            resized, inside = map_to_image(saliency, explanation.placement, input_size, decoded_shape, size)
-            colored = colorize(to_uint8(resized))
-            colored[~inside] = 0
-            files.append(self._write_image(f"{stem}{_part(class_id, label)}_saliency_map.{self.ext}", colored))
-            blended = overlay(shown, colored, self.alpha, inside)
+                saliency = to_uint8(scale_raw(saliency))
+            # The map as the head computed it (a few dozen bytes): a full-size JET copy of a 7x7 map cost more
+            # to encode than the model took to run, and the overlay already shows it on the image in colour.
+            files.append(self._write_image(f"{stem}{_part(class_id, label)}_saliency_map.png", saliency))
+            resized, inside = map_to_image_u8(saliency, explanation.placement, input_size, decoded_shape, size)
+            blended = overlay(shown, colorize(resized), self.alpha, inside)
             if explanation.detections:
                 boxes = [d for d in explanation.detections if class_id is None or d.class_id == class_id]
                 draw_detections(blended, boxes, size[0] / decoded_shape[1])
