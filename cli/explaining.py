@@ -110,6 +110,11 @@ def explain(model, inputs, lists, list_column, outdir, engine, ray_address, work
         with bar or contextlib.nullcontext():
             summary = explain_sources(engine, explainer, options, todo, writer, output_format=output_format,
                                       batch_size=batch_size, workers=workers, progress=bar.update if bar else None)
+    _report(summary, skipped, output_format)
+
+
+def _report(summary, skipped: int, output_format: str) -> None:
+    """The run's last lines; exit 3 when some images failed."""
     where = f"Parquet parts in {summary.index}" if output_format == "parquet" else f"open {summary.index}"
     if summary.images or not skipped:
         click.echo(f"{summary.images - summary.failed}/{summary.images} images explained "

@@ -76,6 +76,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     if ray.is_initialized():
         yield ray
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention: ray.init reads it too
     if address:
         _check_reachable(address)
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
