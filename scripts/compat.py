@@ -225,8 +225,9 @@ def check(entry: dict, cache: Path, algo: str, work: Path) -> Row:
                 notes.add(caveat)
             else:
                 assert_close(got_raw["saliency_map"], expected, f"{algo} raw in {runtime}")
+                measured = reference.runtime_lsb(got_raw["saliency_map"], expected) if runtime == "openvino" else 0
                 reference.assert_within_lsb(got_u8["saliency_map"], reference.to_uint8(expected, CLASS_WISE[algo]),
-                                            f"{algo} uint8 in {runtime}", expected)
+                                            f"{algo} uint8 in {runtime}", expected, measured)
             if runtime == "onnxruntime":
                 for output, value in before.items():
                     assert np.array_equal(got_u8[output], value), f"original output {output} changed"

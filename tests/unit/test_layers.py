@@ -71,3 +71,24 @@ def test_imports_run_down_the_layers(module, path):
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_modules_stay_under_400_lines(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+MAX_COMPLEXITY = 20  # radon's cyclomatic complexity (it counts boolean operators, unlike ruff's McCabe check)
+
+
+def _functions(blocks):
+    for block in blocks:
+        yield from _functions(getattr(block, "methods", []))  # a class: its methods
+        if not hasattr(block, "methods"):
+            yield block
+            yield from _functions(block.closures)
+
+
+@pytest.mark.parametrize("path", [p for _, p in modules()] + sorted((ROOT / "cli").glob("*.py")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_function_is_over_complexity_20(path):
+    from radon.complexity import cc_visit
+
+    complex_ones = [f"{f.name} ({f.complexity})" for f in _functions(cc_visit(path.read_text()))
+                    if f.complexity > MAX_COMPLEXITY]
+    assert not complex_ones, f"split these: {complex_ones}"

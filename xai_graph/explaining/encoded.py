@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from xai_graph.explaining.explainer import Explanation
-from xai_graph.explaining.gallery import ResultWriter
+from xai_graph.explaining.gallery import DEFAULT_IMAGE_FORMAT, ResultWriter
 
 
 class ResultEncoder(ResultWriter):
     """Thread-safe: each thread's `encode` collects its own files. `folder` (the caller's scratch folder) only
     holds the writer's lock and an empty journal; nothing else is written there."""
 
-    def __init__(self, folder: Path, alpha: float = 0.5, raw: bool = False, image_format: str = "png"):
+    def __init__(self, folder: Path, alpha: float = 0.5, raw: bool = False, image_format: str = DEFAULT_IMAGE_FORMAT):
         super().__init__(folder, overwrite=True, alpha=alpha, raw=raw, image_format=image_format)
         self._current = threading.local()
 
