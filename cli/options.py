@@ -16,8 +16,11 @@ def method_option_flags(command):
         meta = item.metadata
         default = "all" if item.name == "top_k" else item.default
         shown = default is not None and not isinstance(default, bool)
-        settings = {"help": f"{meta['help']} [default: {default}]" if shown else meta["help"],
-                    "metavar": meta["metavar"], "default": None}
+        settings = {
+            "help": f"{meta['help']} [default: {default}]" if shown else meta["help"],
+            "metavar": meta["metavar"],
+            "default": None,
+        }
         if isinstance(item.default, bool):
             settings.update(is_flag=True, default=False)
         elif meta["choices"]:
@@ -34,6 +37,7 @@ def _parsed_by(parse):
             return None if text is None else parse(text)
         except ValueError as exc:
             raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
     return callback
 
 

@@ -41,8 +41,10 @@ def main() -> None:
         paths = make_images(Path(tmp) / "images", args.images)
         with Explainer(MODEL, runtime=args.runtime, algo="activationmap") as explainer:
             bare_rate = max(bare(explainer, open_model(MODEL, args.runtime), paths, 8) for _ in range(3))
-        print(f"EfficientNet-Lite0 224x224, {args.images} images, {args.runtime}, {args.steps} steps, "
-              f"sanity {args.sanity_layers} layers, {os.cpu_count()} CPUs")
+        print(
+            f"EfficientNet-Lite0 224x224, {args.images} images, {args.runtime}, {args.steps} steps, "
+            f"sanity {args.sanity_layers} layers, {os.cpu_count()} CPUs"
+        )
         print(f"bare inference: {bare_rate:.1f} images/s; target per method: >= {bare_rate / 40:.2f} images/s")
         print(f"{'method':<24}{'eval images/s':>15}{'bare / eval':>13}{'without sanity':>16}{'bare / eval':>13}")
         for algo in xai_graph.algorithms():
@@ -52,8 +54,11 @@ def main() -> None:
                 start = time.perf_counter()
                 evaluate(MODEL, paths, [algo], settings)
                 rates.append(len(paths) / (time.perf_counter() - start))
-            print(f"{algo:<24}{rates[0]:>15.2f}{bare_rate / rates[0]:>13.1f}{rates[1]:>16.2f}"
-                  f"{bare_rate / rates[1]:>13.1f}", flush=True)
+            print(
+                f"{algo:<24}{rates[0]:>15.2f}{bare_rate / rates[0]:>13.1f}{rates[1]:>16.2f}"
+                f"{bare_rate / rates[1]:>13.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def make_images(folder: Path, count: int, size: tuple[int, int] | None = None) -
         h, w = photo.shape[:2]
         ch, cw = int(h * rng.uniform(0.6, 1)), int(w * rng.uniform(0.6, 1))
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = photo[y:y + ch, x:x + cw]
+        crop = photo[y : y + ch, x : x + cw]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         if size:
@@ -92,8 +92,14 @@ def bare(explainer: Explainer, original, paths: list[Path], batch_size: int) -> 
             original({explainer.input_name: np.stack(batch)})
 
 
-def explain(explainer: Explainer, paths: list[Path], batch_size: int, outdir: Path, image_format: str,
-            workers: int | None = None) -> None:
+def explain(
+    explainer: Explainer,
+    paths: list[Path],
+    batch_size: int,
+    outdir: Path,
+    image_format: str,
+    workers: int | None = None,
+) -> None:
     with ResultWriter(outdir, overwrite=True, image_format=image_format) as writer:
         explain_files(explainer, paths, writer, batch_size=batch_size, workers=workers)
 
@@ -111,15 +117,27 @@ def main() -> None:
     parser.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"])
     parser.add_argument("--algo", default="classwisesaliencymap", choices=xai_graph.algorithms())
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--image-format", default=DEFAULT_IMAGE_FORMAT, choices=IMAGE_FORMATS,
-                        help="of the overlays (maps are grayscale PNGs)")
-    parser.add_argument("--photo-size", type=photo_size, default=None,
-                        help="WxH: every photo at this size (default: mixed, 300 to 800 px)")
+    parser.add_argument(
+        "--image-format",
+        default=DEFAULT_IMAGE_FORMAT,
+        choices=IMAGE_FORMATS,
+        help="of the overlays (maps are grayscale PNGs)",
+    )
+    parser.add_argument(
+        "--photo-size",
+        type=photo_size,
+        default=None,
+        help="WxH: every photo at this size (default: mixed, 300 to 800 px)",
+    )
     parser.add_argument("--workers", type=int, help="explain's render threads (default: as explain picks)")
     parser.add_argument("--top-k", type=int, default=5, help="class-wise heads: maps for the k best classes (0: all)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--engine", choices=["local", "ray"], default="local",
-                        help="ray: also the Ray engine with 1 and 2 workers, into files and into Parquet")
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: also the Ray engine with 1 and 2 workers, into files and into Parquet",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -143,20 +161,25 @@ def main() -> None:
         ratio = statistics.median(x.rate / y.rate for x, y in zip(explain_runs, bare_runs))
         cpu_b, cpu_e = (statistics.median(r.cpu_ms for r in runs) for runs in (bare_runs, explain_runs))
         sizes = f"{args.photo_size[0]}x{args.photo_size[1]}" if args.photo_size else "300-800 px"
-        print(f"EfficientNet-Lite0 224x224, {args.images} images ({sizes}), {args.runtime}, {args.algo}"
-              f"{f' top-{top_k}' if top_k else ''}, overlays {args.image_format}, "
-              f"batch {args.batch_size}, {os.cpu_count()} CPUs, median of {args.repeat}")
+        print(
+            f"EfficientNet-Lite0 224x224, {args.images} images ({sizes}), {args.runtime}, {args.algo}"
+            f"{f' top-{top_k}' if top_k else ''}, overlays {args.image_format}, "
+            f"batch {args.batch_size}, {os.cpu_count()} CPUs, median of {args.repeat}"
+        )
         print(f"bare inference (decode+preprocess+model): {b:7.1f} images/s  runs: {_runs(bare_runs)}")
         print(f"explain (+ head, render, write):          {e:7.1f} images/s  runs: {_runs(explain_runs)}")
         print(f"explain / bare:                           {ratio:7.2f}")
         # CPU time moves less than throughput when other processes share the cores: a second view of the cost.
-        print(f"CPU time per image, bare / explain:       {cpu_b:7.1f} / {cpu_e:.1f} ms (all threads); "
-              f"ratio {cpu_b / cpu_e:.2f}")
+        print(
+            f"CPU time per image, bare / explain:       {cpu_b:7.1f} / {cpu_e:.1f} ms (all threads); "
+            f"ratio {cpu_b / cpu_e:.2f}"
+        )
         if args.engine == "ray":  # the Ray engine's rows, on the same images (scripts/bench_explain_ray.py)
             from bench_explain_ray import print_rows, ray_rows
 
-            print_rows(ray_rows(instrumented, args.runtime, paths, args.batch_size, args.image_format, tmp,
-                                args.repeat), e)
+            print_rows(
+                ray_rows(instrumented, args.runtime, paths, args.batch_size, args.image_format, tmp, args.repeat), e
+            )
 
 
 def _runs(runs: list[Run]) -> str:

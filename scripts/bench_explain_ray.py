@@ -22,27 +22,62 @@ from xai_graph.explaining.ray_engine import explain_with_ray, ray_session
 from xai_graph.explaining.resume import ResumableWriter
 
 
-def ray_rows(instrumented: Path, runtime: str, paths: list[Path], batch_size: int, image_format: str, tmp: Path,
-             repeat: int, workers: tuple[int, ...] = (1, 2)) -> dict[str, list[tuple[float, float, float]]]:
+def ray_rows(
+    instrumented: Path,
+    runtime: str,
+    paths: list[Path],
+    batch_size: int,
+    image_format: str,
+    tmp: Path,
+    repeat: int,
+    workers: tuple[int, ...] = (1, 2),
+) -> dict[str, list[tuple[float, float, float]]]:
     """label -> [(images/s, start-up seconds, images/s after the first result) of each run]; the label "local"
     is the local engine, run between the Ray jobs. Start-up = until the first image comes back."""
     options = {"model": instrumented, "runtime": runtime}
-    jobs = [(f"ray, {n} worker{'s' if n > 1 else ''}, {output}", n, output) for output in ("files", "parquet")
-            for n in workers]
+    jobs = [
+        (f"ray, {n} worker{'s' if n > 1 else ''}, {output}", n, output)
+        for output in ("files", "parquet")
+        for n in workers
+    ]
     runs: dict[str, list] = {"local": [], **{label: [] for label, _, _ in jobs}}
     with ray_session(None, num_cpus=os.cpu_count()), Explainer(**options) as explainer:  # Ray as explain starts it
         for i in range(repeat):
-            runs["local"].append(_timed(lambda progress: explain_files(
-                explainer, paths, ResultWriter(tmp / f"local-{i}", overwrite=True, image_format=image_format),
-                batch_size=batch_size, progress=progress), len(paths)))
+            runs["local"].append(
+                _timed(
+                    lambda progress: explain_files(
+                        explainer,
+                        paths,
+                        ResultWriter(tmp / f"local-{i}", overwrite=True, image_format=image_format),
+                        batch_size=batch_size,
+                        progress=progress,
+                    ),
+                    len(paths),
+                )
+            )
             for label, n, output in jobs:
                 out = tmp / f"ray-{n}-{output}-{i}"
-                writer = (ParquetResults(out, overwrite=True) if output == "parquet" else
-                          ResumableWriter(out, overwrite=True, image_format=image_format))
+                writer = (
+                    ParquetResults(out, overwrite=True)
+                    if output == "parquet"
+                    else ResumableWriter(out, overwrite=True, image_format=image_format)
+                )
                 with writer:
-                    runs[label].append(_timed(lambda progress: explain_with_ray(
-                        explainer, options, paths, writer, workers=n, batch_size=batch_size, output=output,
-                        progress=progress), len(paths)))
+                    runs[label].append(
+                        _timed(
+                            lambda progress: explain_with_ray(
+                                explainer,
+                                options,
+                                paths,
+                                writer,
+                                workers=n,
+                                batch_size=batch_size,
+                                output=output,
+                                progress=progress,
+                            ),
+                            len(paths),
+                        )
+                    )
     return runs
 
 
@@ -59,5 +94,7 @@ def print_rows(runs: dict[str, list[tuple[float, float, float]]], _local_rate: f
     for label, measured in runs.items():
         rate, startup, after = (statistics.median(run[i] for run in measured) for i in range(3))
         name = "local engine, between the Ray jobs" if label == "local" else label
-        print(f"{name + ':':42s}{rate:7.1f} images/s  runs: {' '.join(f'{run[0]:.1f}' for run in measured)}  "
-              f"({rate / local:.2f}x local; first result after {startup:.1f} s, then {after:.1f} images/s)")
+        print(
+            f"{name + ':':42s}{rate:7.1f} images/s  runs: {' '.join(f'{run[0]:.1f}' for run in measured)}  "
+            f"({rate / local:.2f}x local; first result after {startup:.1f} s, then {after:.1f} images/s)"
+        )

@@ -34,12 +34,19 @@ def main() -> None:
             model = Path(tmp) / f"resnet18_{size}.onnx"
             export_resnet18(model, size)
             print(f"\nResNet-18, 20 classes, {size}x{size} ({size // 32}x{size // 32} map)")
-            rows, _ = benchmark(model, ["activationmap", "eigencam", "classwisesaliencymap"], runtimes, [1, 8],
-                                rounds=args.rounds)
+            rows, _ = benchmark(
+                model, ["activationmap", "eigencam", "classwisesaliencymap"], runtimes, [1, 8], rounds=args.rounds
+            )
             print(format_table(rows), flush=True)
     print("\nEfficientNet-Lite0, ImageNet (1000 classes), 224x224, Recipro-CAM top-5")
-    rows, _ = benchmark(ROOT / "samples" / "efficientnet_lite0.onnx", ["classwisesaliencymap"], runtimes, [1, 8],
-                        rounds=args.rounds, top_k=5)
+    rows, _ = benchmark(
+        ROOT / "samples" / "efficientnet_lite0.onnx",
+        ["classwisesaliencymap"],
+        runtimes,
+        [1, 8],
+        rounds=args.rounds,
+        top_k=5,
+    )
     print(format_table(rows))
 
 

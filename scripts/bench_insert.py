@@ -33,8 +33,12 @@ def main() -> None:
         original = source.stat().st_size
         print(f"ResNet-18, 20 classes, {args.size}x{args.size} input: {original / 1e6:.2f} MB")
         print(f"{'head':<36}{'load+insert+save (s)':>22}{'growth (bytes)':>16}")
-        for algo, options in [("activationmap", {}), ("eigencam", {}), ("classwisesaliencymap", {}),
-                              ("classwisesaliencymap", {"brute_force": True})]:
+        for algo, options in [
+            ("activationmap", {}),
+            ("eigencam", {}),
+            ("classwisesaliencymap", {}),
+            ("classwisesaliencymap", {"brute_force": True}),
+        ]:
             out = Path(tmp) / f"{algo}.onnx"
             times = []
             for _ in range(args.repeat + 1):
@@ -42,8 +46,11 @@ def main() -> None:
                 model = xai_graph.insert(source, algo, check=False, **options)
                 xai_graph.save_model(model, out)
                 times.append(time.perf_counter() - start)
-            name = f"{algo} ({model.metadata_props['xai_graph.method'].partition('(')[2].rstrip(')')})" \
-                if "(" in model.metadata_props["xai_graph.method"] else algo
+            name = (
+                f"{algo} ({model.metadata_props['xai_graph.method'].partition('(')[2].rstrip(')')})"
+                if "(" in model.metadata_props["xai_graph.method"]
+                else algo
+            )
             growth = out.stat().st_size - original
             print(f"{name:<36}{statistics.median(times[1:]):>22.3f}{growth:>16,}")
 

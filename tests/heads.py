@@ -25,8 +25,15 @@ def run_both(path: Path, feeds: dict) -> dict[str, dict[str, np.ndarray]]:
     return {rt: open_model(path, rt)(feeds) for rt in ("onnxruntime", "openvino")}
 
 
-def check_head(original: Path, instrumented_u8: Path, instrumented_raw: Path, feeds: dict, expected_raw: np.ndarray,
-               algo: str, features: np.ndarray | None = None) -> None:
+def check_head(
+    original: Path,
+    instrumented_u8: Path,
+    instrumented_raw: Path,
+    feeds: dict,
+    expected_raw: np.ndarray,
+    algo: str,
+    features: np.ndarray | None = None,
+) -> None:
     """Original outputs bit-identical (ONNX Runtime, full optimisation), maps equal to the reference in both
     runtimes, runtimes agree."""
     before = open_model(original, "onnxruntime")(feeds)
@@ -41,5 +48,6 @@ def check_head(original: Path, instrumented_u8: Path, instrumented_raw: Path, fe
         reference.assert_within_lsb(u8[rt]["saliency_map"], expected_u8, f"{algo} uint8 in {rt}", expected_raw)
         if features is not None:
             reference.assert_close_raw(raw[rt]["feature_vector"], features.mean(axis=(2, 3)), f"feature_vector in {rt}")
-    reference.assert_within_lsb(u8["openvino"]["saliency_map"], u8["onnxruntime"]["saliency_map"], "OV vs ORT",
-                                expected_raw)
+    reference.assert_within_lsb(
+        u8["openvino"]["saliency_map"], u8["onnxruntime"]["saliency_map"], "OV vs ORT", expected_raw
+    )

@@ -17,8 +17,17 @@ import onnx
 from onnx import numpy_helper
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-CLASSICS = ("resnet50", "vgg19", "inception_v1", "inception_v2", "squeezenet", "densenet121", "shufflenet",
-            "bvlc_alexnet", "zfnet512")
+CLASSICS = (
+    "resnet50",
+    "vgg19",
+    "inception_v1",
+    "inception_v2",
+    "squeezenet",
+    "densenet121",
+    "shufflenet",
+    "bvlc_alexnet",
+    "zfnet512",
+)
 
 
 def _weight(shape: tuple[int, ...], role: str, rng: np.random.Generator) -> np.ndarray:

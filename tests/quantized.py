@@ -23,8 +23,9 @@ def sample_batch() -> np.ndarray:
     """The sample photos, preprocessed as the model's metadata says: [N, 3, 224, 224]."""
     info = read_model_info(dict(load_model(LITE0).metadata_props))
     preprocess = Preprocessing(width=224, height=224, layout="NCHW").with_overrides(**info.preprocessing)
-    return np.stack([preprocess(read_image(p))[0].reshape(3, 224, 224)
-                     for p in find_images([str(SAMPLES / "images")])]).astype(np.float32)
+    return np.stack(
+        [preprocess(read_image(p))[0].reshape(3, 224, 224) for p in find_images([str(SAMPLES / "images")])]
+    ).astype(np.float32)
 
 
 def calibration_images() -> list[np.ndarray]:
@@ -49,8 +50,15 @@ def quantize(folder: Path) -> tuple[Path, Path, Path]:
 
     prepared, qdq, int8 = folder / "lite0_prepared.onnx", folder / "lite0_qdq.onnx", folder / "lite0_int8.xml"
     quant_pre_process(str(LITE0), str(prepared))
-    quantize_static(str(prepared), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(prepared),
+        str(qdq),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     ov.save_model(ov.convert_model(str(qdq)), str(int8), compress_to_fp16=False)
     f32 = xai_graph.save_ir(load_model(LITE0), folder / "lite0_f32.xml")
     images = calibration_images()
@@ -65,16 +73,31 @@ def map_correlations(float_model: Path, quantized: Path, folder: Path, runtime: 
     batch = sample_batch()
     name = load_model(LITE0).graph.inputs[0].name
     suffix = quantized.suffix
-    float_run = open_model(xai_graph.save_model(xai_graph.insert(float_model, raw=True), folder / "float_xai.onnx"),
-                           runtime)({name: batch})
+    float_run = open_model(
+        xai_graph.save_model(xai_graph.insert(float_model, raw=True), folder / "float_xai.onnx"), runtime
+    )({name: batch})
     head = xai_graph.insert(quantized, raw=True)
     quant_run = open_model(xai_graph.save_model(head, folder / f"quant_xai{suffix}"), runtime)({name: batch})
     scores = next(k for k in float_run if k != "saliency_map")
     top = float_run[scores].argmax(1)
-    pearson = [float(np.corrcoef(float_run["saliency_map"][b, top[b]].ravel(),
-                                 quant_run["saliency_map"][b, top[b]].ravel())[0, 1]) for b in range(len(batch))]
-    method = (head.metadata_props["xai_graph.method"] if suffix == ".onnx"
-              else head.get_rt_info(["xai_graph", "xai_graph.method"]).astype(str))
-    return {"pearson": pearson, "same_top1": bool((quant_run[scores].argmax(1) == top).all()), "method": method,
-            "scores_unchanged": bool(np.array_equal(quant_run[scores],
-                                                    open_model(quantized, runtime)({name: batch})[scores]))}
+    pearson = [
+        float(
+            np.corrcoef(float_run["saliency_map"][b, top[b]].ravel(), quant_run["saliency_map"][b, top[b]].ravel())[
+                0, 1
+            ]
+        )
+        for b in range(len(batch))
+    ]
+    method = (
+        head.metadata_props["xai_graph.method"]
+        if suffix == ".onnx"
+        else head.get_rt_info(["xai_graph", "xai_graph.method"]).astype(str)
+    )
+    return {
+        "pearson": pearson,
+        "same_top1": bool((quant_run[scores].argmax(1) == top).all()),
+        "method": method,
+        "scores_unchanged": bool(
+            np.array_equal(quant_run[scores], open_model(quantized, runtime)({name: batch})[scores])
+        ),
+    }

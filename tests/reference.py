@@ -105,8 +105,13 @@ def runtime_lsb(got_raw: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return np.ceil(255 * error / (span + 1e-30))
 
 
-def assert_within_lsb(actual: np.ndarray, expected: np.ndarray, what: str, raw: np.ndarray | None = None,
-                      runtime_error: np.ndarray | float = 0) -> None:
+def assert_within_lsb(
+    actual: np.ndarray,
+    expected: np.ndarray,
+    what: str,
+    raw: np.ndarray | None = None,
+    runtime_error: np.ndarray | float = 0,
+) -> None:
     """At most 1 LSB apart, plus what float32 rounding explains where `raw` (the float maps) is given, plus
     `runtime_error` (`runtime_lsb`) where the runtime's own float error was measured."""
     assert actual.dtype == np.uint8, f"{what}: dtype {actual.dtype}"

@@ -20,8 +20,10 @@ def write_coco(path, images, categories, boxes):
     document = {
         "images": [{"id": number, "file_name": name, "width": 100, "height": 80} for number, name in images],
         "categories": [{"id": number, "name": name} for number, name in categories],
-        "annotations": [{"id": k, "image_id": image, "category_id": category, "bbox": bbox}
-                        for k, (image, category, bbox) in enumerate(boxes, start=1)],
+        "annotations": [
+            {"id": k, "image_id": image, "category_id": category, "bbox": bbox}
+            for k, (image, category, bbox) in enumerate(boxes, start=1)
+        ],
     }
     path.write_text(json.dumps(document))
     return path
@@ -30,8 +32,10 @@ def write_coco(path, images, categories, boxes):
 def voc_xml(file_name, objects):
     parts = [f"<annotation><folder>x</folder><filename>{file_name}</filename>"]
     for name, (xmin, ymin, xmax, ymax) in objects:
-        parts.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{xmin}</xmin>"
-                     f"<ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>")
+        parts.append(
+            f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{xmin}</xmin>"
+            f"<ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
+        )
     return "".join(parts) + "</annotation>"
 
 
@@ -45,9 +49,12 @@ def assert_one_line_error(excinfo, *named):
 
 # -- COCO ------------------------------------------------------------------------------------------------
 def test_coco_round_trip(tmp_path):
-    path = write_coco(tmp_path / "boxes.json", [(1, "train/a.jpg"), (7, "b.png"), (9, "empty.png")],
-                      [(3, "cat"), (4, "dog")],
-                      [(1, 3, [10, 20, 30, 40]), (7, 4, [0.5, 1.5, 2, 3]), (1, 4, [0, 0, 100, 80])])
+    path = write_coco(
+        tmp_path / "boxes.json",
+        [(1, "train/a.jpg"), (7, "b.png"), (9, "empty.png")],
+        [(3, "cat"), (4, "dog")],
+        [(1, 3, [10, 20, 30, 40]), (7, 4, [0.5, 1.5, 2, 3]), (1, 4, [0, 0, 100, 80])],
+    )
     assert read_annotations(path) == {
         "a.jpg": [Box("cat", 10, 20, 40, 60), Box("dog", 0, 0, 100, 80)],
         "b.png": [Box("dog", 0.5, 1.5, 2.5, 4.5)],
@@ -64,8 +71,7 @@ def test_voc_file_and_folder(tmp_path):
     (folder / "b.xml").write_text("<?xml version='1.0' encoding='utf-8'?>\n" + voc_xml("b.png", []))
     (folder / "notes.md").write_text("ignored")
     assert read_annotations(folder / "a.xml") == {"a.jpg": [Box("cat", 1, 2, 30, 40), Box("dog", 5.5, 6, 7, 8)]}
-    assert read_annotations(folder) == {"a.jpg": [Box("cat", 1, 2, 30, 40), Box("dog", 5.5, 6, 7, 8)],
-                                        "b.png": []}
+    assert read_annotations(folder) == {"a.jpg": [Box("cat", 1, 2, 30, 40), Box("dog", 5.5, 6, 7, 8)], "b.png": []}
 
 
 # -- YOLO ------------------------------------------------------------------------------------------------
@@ -90,12 +96,15 @@ def test_yolo_round_trip_asks_image_sizes_by_stem(tmp_path):
     assert asked == ["a"]  # the stem, once per file with boxes
 
 
-@pytest.mark.parametrize("class_file, class_text", [
-    ("obj.names", "cat\ndog\n"),
-    ("data.yaml", "path: ../data\nnc: 2\nnames: ['cat', \"dog\"]\n"),
-    ("data.yaml", "nc: 2\nnames:\n  - cat\n  - dog\ntrain: images\n"),
-    ("data.yaml", "names:\n  1: dog\n  0: cat\n"),
-])
+@pytest.mark.parametrize(
+    "class_file, class_text",
+    [
+        ("obj.names", "cat\ndog\n"),
+        ("data.yaml", "path: ../data\nnc: 2\nnames: ['cat', \"dog\"]\n"),
+        ("data.yaml", "nc: 2\nnames:\n  - cat\n  - dog\ntrain: images\n"),
+        ("data.yaml", "names:\n  1: dog\n  0: cat\n"),
+    ],
+)
 def test_yolo_class_names_from_other_files(tmp_path, class_file, class_text):
     boxes = read_annotations(yolo_folder(tmp_path, class_file, class_text), lambda stem: (200, 100))
     assert [box.label for box in boxes["a"]] == ["dog", "cat"]
@@ -122,15 +131,18 @@ def test_yolo_size_callback_failures_name_the_file(tmp_path):
     assert_one_line_error(excinfo, folder / "a.txt", "width, height")
 
 
-@pytest.mark.parametrize("line, complaint", [
-    ("0 0.5 0.5 0.2", "5 fields"),
-    ("0 0.5 0.5 0.2 0.2 0.9", "5 fields"),
-    ("2 0.5 0.5 0.2 0.2", "unknown class id"),
-    ("-1 0.5 0.5 0.2 0.2", "unknown class id"),
-    ("0 50 40 20 20", "normalised"),
-    ("0 0.5 nan 0.2 0.2", "not finite"),
-    ("0 0.5 x 0.2 0.2", "not a number"),
-])
+@pytest.mark.parametrize(
+    "line, complaint",
+    [
+        ("0 0.5 0.5 0.2", "5 fields"),
+        ("0 0.5 0.5 0.2 0.2 0.9", "5 fields"),
+        ("2 0.5 0.5 0.2 0.2", "unknown class id"),
+        ("-1 0.5 0.5 0.2 0.2", "unknown class id"),
+        ("0 50 40 20 20", "normalised"),
+        ("0 0.5 nan 0.2 0.2", "not finite"),
+        ("0 0.5 x 0.2 0.2", "not a number"),
+    ],
+)
 def test_yolo_bad_lines_name_file_and_line(tmp_path, line, complaint):
     folder = yolo_folder(tmp_path)
     (folder / "c.txt").write_text(f"0 0.5 0.5 0.1 0.1\n{line}\n")
@@ -147,9 +159,9 @@ def png_or_jpeg_size(path):
         return struct.unpack(">II", data[16:24])
     position = 2
     while True:
-        marker, length = data[position + 1], struct.unpack(">H", data[position + 2:position + 4])[0]
+        marker, length = data[position + 1], struct.unpack(">H", data[position + 2 : position + 4])[0]
         if marker in (0xC0, 0xC1, 0xC2):
-            height, width = struct.unpack(">HH", data[position + 5:position + 9])
+            height, width = struct.unpack(">HH", data[position + 5 : position + 9])
             return width, height
         position += 2 + length
 
@@ -169,8 +181,13 @@ def test_the_sample_coco_and_voc_files_agree_and_fit_their_images():
             assert 0 <= box.x1 < box.x2 <= width - 1 and 0 <= box.y1 < box.y2 <= height - 1, (name, box)
     assert [box.label for box in coco["chelsea.png"]] == ["Egyptian cat"]
     assert match_labels([box.label for boxes in coco.values() for box in boxes], imagenet) == {
-        "space shuttle": 812, "flagpole": 557, "football helmet": 560, "Egyptian cat": 285, "espresso": 967,
-        "missile": 657}
+        "space shuttle": 812,
+        "flagpole": 557,
+        "football helmet": 560,
+        "Egyptian cat": 285,
+        "espresso": 967,
+        "missile": 657,
+    }
 
 
 # -- bad input -------------------------------------------------------------------------------------------
@@ -178,14 +195,34 @@ BAD_FILES = {
     "missing.json": None,
     "truncated.json": '{"images": [',
     "list.json": "[1, 2]",
-    "negative.json": json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "c"}],
-                                 "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [10, 10, -3, 4]}]}),
-    "category.json": json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "c"}],
-                                 "annotations": [{"id": 5, "image_id": 1, "category_id": 2, "bbox": [1, 1, 3, 4]}]}),
-    "image.json": json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "c"}],
-                              "annotations": [{"id": 5, "image_id": [1], "category_id": 1, "bbox": [1, 1, 3, 4]}]}),
-    "bbox.json": json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "c"}],
-                             "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3]}]}),
+    "negative.json": json.dumps(
+        {
+            "images": [{"id": 1, "file_name": "a.png"}],
+            "categories": [{"id": 1, "name": "c"}],
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [10, 10, -3, 4]}],
+        }
+    ),
+    "category.json": json.dumps(
+        {
+            "images": [{"id": 1, "file_name": "a.png"}],
+            "categories": [{"id": 1, "name": "c"}],
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 2, "bbox": [1, 1, 3, 4]}],
+        }
+    ),
+    "image.json": json.dumps(
+        {
+            "images": [{"id": 1, "file_name": "a.png"}],
+            "categories": [{"id": 1, "name": "c"}],
+            "annotations": [{"id": 5, "image_id": [1], "category_id": 1, "bbox": [1, 1, 3, 4]}],
+        }
+    ),
+    "bbox.json": json.dumps(
+        {
+            "images": [{"id": 1, "file_name": "a.png"}],
+            "categories": [{"id": 1, "name": "c"}],
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3]}],
+        }
+    ),
     "twice.json": json.dumps({"images": [{"id": 1, "file_name": "x/a.png"}, {"id": 2, "file_name": "y/a.png"}]}),
     "malformed.xml": "<annotation><filename>a.png</filename><object>",
     "reversed.xml": voc_xml("a.png", [("cat", (30, 2, 1, 40))]),
@@ -210,8 +247,9 @@ def test_bad_files_raise_one_line_naming_the_file(tmp_path, file_name):
 
 
 def test_billion_laughs_is_refused_before_parsing(tmp_path):
-    entities = ['<!ENTITY lol "lol">'] + [f'<!ENTITY lol{k} "{("&lol%s;" % (k - 1 or "")) * 10}">'
-                                          for k in range(1, 10)]
+    entities = ['<!ENTITY lol "lol">'] + [
+        f'<!ENTITY lol{k} "{("&lol%s;" % (k - 1 or "")) * 10}">' for k in range(1, 10)
+    ]
     bomb = f"<?xml version='1.0'?><!DOCTYPE lolz [{''.join(entities)}]><annotation>&lol9;</annotation>"
     lower = bomb.replace("DOCTYPE", "doctype").replace("ENTITY", "entity")  # not XML, but refused all the same
     for name, text in (("bomb.xml", bomb), ("lower.xml", lower)):
@@ -287,7 +325,10 @@ def test_match_labels_exact_loose_and_synonyms():
     model = ["tabby, tabby cat", "Egyptian_cat", "crane", "space shuttle", "crane", "tiger cat"]
     assert match_labels(["Egyptian_cat"], model) == {"Egyptian_cat": 1}
     assert match_labels(["egyptian cat", "EGYPTIAN-CAT", " Space__Shuttle "], model) == {
-        "egyptian cat": 1, "EGYPTIAN-CAT": 1, " Space__Shuttle ": 3}
+        "egyptian cat": 1,
+        "EGYPTIAN-CAT": 1,
+        " Space__Shuttle ": 3,
+    }
     assert match_labels(["tabby cat", "Tabby_Cat", "tabby"], model) == {"tabby cat": 0, "Tabby_Cat": 0, "tabby": 0}
     assert match_labels(["crane", "zebra", "cat"], model) == {}  # ambiguous or unknown: left out
 
@@ -300,4 +341,7 @@ def test_match_labels_prefers_exact_over_loose():
 def test_match_labels_on_the_imagenet_label_file():
     imagenet = (SAMPLES / "imagenet_labels.txt").read_text().splitlines()
     assert match_labels(["Egyptian_cat", "tabby", "golden-retriever"], imagenet) == {
-        "Egyptian_cat": 285, "tabby": 281, "golden-retriever": 207}
+        "Egyptian_cat": 285,
+        "tabby": 281,
+        "golden-retriever": 207,
+    }

@@ -82,8 +82,10 @@ def test_inspect_reports_target_and_algorithms(workdir):
     assert "pooling that feeds 'scores'" in result.stdout
     for algo in ("activationmap", "eigencam"):
         assert f"algo    {algo}: yes\n" in result.stdout
-    assert "algo    classwisesaliencymap: yes (fused; re-run <0.1% of the graph per position (64 positions), " \
-           "about 1.0x the model's cost)" in result.stdout
+    assert (
+        "algo    classwisesaliencymap: yes (fused; re-run <0.1% of the graph per position (64 positions), "
+        "about 1.0x the model's cost)" in result.stdout
+    )
 
 
 def test_insert_top_k_and_brute_force_options(workdir):
@@ -98,12 +100,19 @@ def test_insert_top_k_and_brute_force_options(workdir):
 
 
 def test_bench_measures_every_variant_side_by_side(workdir):
-    result = xai_graph_cli("bench", workdir / "model.onnx", "--runtime", "both", "--batch", "1,2", "--rounds", "3",
-                           "--json")
+    result = xai_graph_cli(
+        "bench", workdir / "model.onnx", "--runtime", "both", "--batch", "1,2", "--rounds", "3", "--json"
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    variants = {"original", "activationmap", "eigencam", "maxactivation", "classwisesaliencymap (fused)",
-                "classwisesaliencymap (cloned tail)"}
+    variants = {
+        "original",
+        "activationmap",
+        "eigencam",
+        "maxactivation",
+        "classwisesaliencymap (fused)",
+        "classwisesaliencymap (cloned tail)",
+    }
     for runtime in ("onnxruntime", "openvino"):
         for batch in (1, 2):
             group = {r["variant"]: r for r in rows if r["runtime"] == runtime and r["batch"] == batch}
@@ -120,10 +129,12 @@ def test_bench_measures_every_variant_side_by_side(workdir):
 
 def _mlp(path: Path) -> Path:
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], "mlp",
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+        "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [3, 8], np.ones(24, np.float32))])
+        [helper.make_tensor("w", TensorProto.FLOAT, [3, 8], np.ones(24, np.float32))],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 

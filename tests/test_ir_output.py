@@ -15,8 +15,11 @@ from xai_graph.runtime import open_model
 RESNET = zoo.Export("resnet", dynamo=False, opset=17, dynamic_batch=True, softmax=False)
 
 
-@pytest.mark.parametrize("options", [["--algo", "activationmap"], ["--algo", "eigencam"], [],
-                                     ["--classes", "topk:3"]], ids=["activationmap", "eigencam", "recipro", "top3"])
+@pytest.mark.parametrize(
+    "options",
+    [["--algo", "activationmap"], ["--algo", "eigencam"], [], ["--classes", "topk:3"]],
+    ids=["activationmap", "eigencam", "recipro", "top3"],
+)
 def test_ir_maps_equal_onnx_maps(options, exported, tmp_path):
     path, _, _ = exported(RESNET)
     labels = tmp_path / "labels.txt"
@@ -41,9 +44,9 @@ def test_ir_maps_equal_onnx_maps(options, exported, tmp_path):
 
     model = openvino.Core().read_model(str(ir_out))
     assert model.get_rt_info(["model_info", "labels"]).astype(str) == " ".join(f"class_{i}" for i in range(6))
-    assert model.get_rt_info(["framework", "xai_graph.algorithm"]).astype(str) == (options[1] if options and
-                                                                                   options[0] == "--algo"
-                                                                                   else "classwisesaliencymap")
+    assert model.get_rt_info(["framework", "xai_graph.algorithm"]).astype(str) == (
+        options[1] if options and options[0] == "--algo" else "classwisesaliencymap"
+    )
 
 
 def test_ir_weights_are_f32_unless_compressed(exported, tmp_path):
@@ -59,9 +62,16 @@ def test_ir_weights_are_f32_unless_compressed(exported, tmp_path):
 
 def test_detector_ir(tmp_path):
     path = tmp_path / "retina.onnx"
-    torch.onnx.export(RetinaNetLike().eval(), (torch.zeros(1, 3, 128, 128),), str(path), dynamo=False,
-                      opset_version=17, input_names=["image"], output_names=["scores", "boxes"],
-                      dynamic_axes={"image": {0: "b"}})
+    torch.onnx.export(
+        RetinaNetLike().eval(),
+        (torch.zeros(1, 3, 128, 128),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores", "boxes"],
+        dynamic_axes={"image": {0: "b"}},
+    )
     for out in ("d.onnx", "d.xml"):
         assert xai_graph_cli("insert", path, "-o", tmp_path / out).returncode == 0
     x = np.random.default_rng(1).standard_normal((2, 3, 128, 128)).astype(np.float32)
@@ -81,8 +91,9 @@ def test_explain_runs_an_instrumented_ir_like_its_onnx(tmp_path):
         assert xai_graph_cli("insert", model, "-o", tmp_path / out, "--classes", "topk:5").returncode == 0
     runs = {}
     for name, extra in (("onnx", ["--runtime", "openvino"]), ("xml", [])):  # IR runs in OpenVINO by itself
-        result = xai_graph_cli("explain", tmp_path / f"lite.{name}", "-i", samples / "images", "-o",
-                               tmp_path / f"out_{name}", *extra)
+        result = xai_graph_cli(
+            "explain", tmp_path / f"lite.{name}", "-i", samples / "images", "-o", tmp_path / f"out_{name}", *extra
+        )
         assert result.returncode == 0, result.stderr
         runs[name] = json.loads((tmp_path / f"out_{name}" / "predictions.json").read_text())
     assert runs["xml"]["runtime"] == "openvino"

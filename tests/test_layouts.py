@@ -25,8 +25,11 @@ from compat import assert_close, cnn_reference  # noqa: E402  (the matrix's refe
 class Stem(nn.Module):
     def __init__(self, channels: int = 16):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.GELU(),
-                                  nn.Conv2d(channels, channels, 3, stride=2, padding=1))
+        self.conv = nn.Sequential(
+            nn.Conv2d(3, channels, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+        )
 
     def forward(self, x):
         return self.conv(x)
@@ -60,8 +63,12 @@ class TokensMean(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.stem, self.cls, self.norm, self.fc = Stem(), nn.Parameter(torch.randn(1, 1, 16)), nn.LayerNorm(16), \
-            nn.Linear(16, 5)
+        self.stem, self.cls, self.norm, self.fc = (
+            Stem(),
+            nn.Parameter(torch.randn(1, 1, 16)),
+            nn.LayerNorm(16),
+            nn.Linear(16, 5),
+        )
 
     def forward(self, x):
         patches = self.stem(x).flatten(2).transpose(1, 2)
@@ -89,8 +96,12 @@ def _randomised(model: nn.Module) -> nn.Module:
     return model
 
 
-MODELS = {"channels-last": (ChannelsLast, "NHWC"), "tokens-pool1d": (TokensPooled1d, "NCL"),
-          "tokens-mean": (TokensMean, "NLC"), "scores-Kx1x1": (ConvScores, "NCHW")}
+MODELS = {
+    "channels-last": (ChannelsLast, "NHWC"),
+    "tokens-pool1d": (TokensPooled1d, "NCL"),
+    "tokens-mean": (TokensMean, "NLC"),
+    "scores-Kx1x1": (ConvScores, "NCHW"),
+}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -98,9 +109,16 @@ def test_layout_maps_equal_the_reference(name, tmp_path):
     torch.manual_seed(0)
     cls, layout = MODELS[name]
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(_randomised(cls()).eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
-                      opset_version=17, input_names=["image"], output_names=["scores"],
-                      dynamic_axes={"image": {0: "batch"}, "scores": {0: "batch"}})
+    torch.onnx.export(
+        _randomised(cls()).eval(),
+        (torch.zeros(1, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores"],
+        dynamic_axes={"image": {0: "batch"}, "scores": {0: "batch"}},
+    )
     images = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
     for algo in ("activationmap", "eigencam", "classwisesaliencymap"):
         raw_model = xai_graph.insert(path, algo, raw=True)
@@ -114,8 +132,12 @@ def test_layout_maps_equal_the_reference(name, tmp_path):
         for runtime in ("onnxruntime", "openvino"):
             assert_close(open_model(raw, runtime)({"image": images})["saliency_map"], expected, f"{name} {algo}")
             got = open_model(u8, runtime)({"image": images})
-            reference.assert_within_lsb(got["saliency_map"], reference.to_uint8(expected, CLASS_WISE[algo]),
-                                        f"{name} {algo} uint8 in {runtime}", expected)
+            reference.assert_within_lsb(
+                got["saliency_map"],
+                reference.to_uint8(expected, CLASS_WISE[algo]),
+                f"{name} {algo} uint8 in {runtime}",
+                expected,
+            )
             assert np.array_equal(got["scores"], before["scores"]) or runtime == "openvino"
         alone = open_model(u8)({"image": images[1:2]})["saliency_map"][0]  # batch 1 == batch 3
         together = open_model(u8)({"image": images})["saliency_map"][1]
@@ -142,12 +164,21 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path):
 
     torch.manual_seed(0)
     path = tmp_path / "patches.onnx"
-    torch.onnx.export(PatchesThenMLP().eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
-                      opset_version=17, input_names=["image"], output_names=["scores"])
-    cases = {("insert", path): "comes before 9",
-             ("insert", path, "--algo", "activationmap"): "its map would not explain the scores",
-             ("insert", path, "--scores", "nope"): "--scores 'nope' is not an output of the model",
-             ("insert", path, "--target-layer", "nope"): "neither a value nor a node"}
+    torch.onnx.export(
+        PatchesThenMLP().eval(),
+        (torch.zeros(1, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores"],
+    )
+    cases = {
+        ("insert", path): "comes before 9",
+        ("insert", path, "--algo", "activationmap"): "its map would not explain the scores",
+        ("insert", path, "--scores", "nope"): "--scores 'nope' is not an output of the model",
+        ("insert", path, "--target-layer", "nope"): "neither a value nor a node",
+    }
     for args, message in cases.items():
         before = sorted(p.name for p in tmp_path.iterdir())
         result = xai_graph_cli(*args)

@@ -185,17 +185,22 @@ def test_step_counts_round_halves_up_and_a_float_baseline_takes_the_image_dtype(
 def test_perturbed_batch_rejects_bad_arguments():
     image, baseline = make_image_pair()
     saliency = np.zeros(image.shape[:2])
-    for arguments in ((baseline, saliency, 0, "deletion"), (baseline, saliency, 2.0, "deletion"),
-                      (baseline, saliency, 4, "delete"), (baseline[:-1], saliency, 4, "deletion"),
-                      (baseline, saliency.T, 4, "deletion")):
+    for arguments in (
+        (baseline, saliency, 0, "deletion"),
+        (baseline, saliency, 2.0, "deletion"),
+        (baseline, saliency, 4, "delete"),
+        (baseline[:-1], saliency, 4, "deletion"),
+        (baseline, saliency.T, 4, "deletion"),
+    ):
         with pytest.raises(ValueError):
             metrics.perturbed_batch(image, *arguments)
 
 
 def test_perturbed_batch_at_224_pixels_and_32_steps_is_one_plain_array():
     image = np.ones((224, 224, 3), dtype=np.float32)
-    batch = metrics.perturbed_batch(image, np.zeros_like(image), np.random.default_rng(5).random((224, 224)),
-                                    32, "insertion")
+    batch = metrics.perturbed_batch(
+        image, np.zeros_like(image), np.random.default_rng(5).random((224, 224)), 32, "insertion"
+    )
     assert batch.shape == (33, 224, 224, 3) and batch.nbytes == 33 * 224 * 224 * 3 * 4
     assert batch[16].sum() == 3 * reference_count(16, 32, 224 * 224)
 
@@ -351,7 +356,7 @@ def test_spearman_matches_the_reference_with_ties():
 def test_spearman_of_monotone_and_reversed_transforms():
     a = np.random.default_rng(13).random((9, 9))
     assert metrics.spearman(a, np.exp(3 * a)) == pytest.approx(1.0)
-    assert metrics.spearman(a, a ** 3 + 5) == pytest.approx(1.0)
+    assert metrics.spearman(a, a**3 + 5) == pytest.approx(1.0)
     assert metrics.spearman(a, -a) == pytest.approx(-1.0)
     assert metrics.spearman(a, 1 / (a + 1)) == pytest.approx(-1.0)
     assert metrics.spearman([1, 2, 2, 3], [10, 20, 20, 30]) == pytest.approx(1.0)

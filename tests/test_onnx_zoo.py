@@ -19,8 +19,13 @@ from xai_graph.graph.targets import find_target
 from xai_graph.runtime import open_model
 
 # model -> (the map its head pools, the class-score output's shape)
-CLASSICS = {"squeezenet": (13, [1, 1000, 1, 1]), "densenet121": (7, [1, 1000, 1, 1]),
-            "shufflenet": (7, [1, 1000]), "inception_v1": (6, [1, 1000]), "resnet50": (7, [1, 1000])}
+CLASSICS = {
+    "squeezenet": (13, [1, 1000, 1, 1]),
+    "densenet121": (7, [1, 1000, 1, 1]),
+    "shufflenet": (7, [1, 1000]),
+    "inception_v1": (6, [1, 1000]),
+    "resnet50": (7, [1, 1000]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +45,11 @@ def test_zoo_classic(name, zoo_dir, tmp_path):
     probe = reference.with_outputs(path, [target.value.name], tmp_path / "probe.onnx")
     f = open_model(probe)({input_name: x})[target.value.name]
     tail = reference.onnx_tail(path, target.value.name, target.logits.name, tmp_path / "tail.onnx")
-    expected = {"activationmap": reference.activation_map(f), "eigencam": reference.eigencam(f),
-                "classwisesaliencymap": reference.recipro_cam(f, tail)}
+    expected = {
+        "activationmap": reference.activation_map(f),
+        "eigencam": reference.eigencam(f),
+        "classwisesaliencymap": reference.recipro_cam(f, tail),
+    }
     for algo in ALGOS:
         with pytest.warns(UserWarning, match="opset 9 raised to 11"):
             u8, raw, chosen = instrument(path, tmp_path, algo)

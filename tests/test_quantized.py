@@ -14,8 +14,9 @@ def quantized_models(tmp_path_factory):
     return quantize(tmp_path_factory.mktemp("int8"))
 
 
-@pytest.mark.parametrize("which, runtime", [(0, "onnxruntime"), (1, "openvino"), (2, "openvino")],
-                         ids=["onnx-qdq", "int8-ir", "nncf-ir"])
+@pytest.mark.parametrize(
+    "which, runtime", [(0, "onnxruntime"), (1, "openvino"), (2, "openvino")], ids=["onnx-qdq", "int8-ir", "nncf-ir"]
+)
 def test_quantized_maps_follow_the_float_maps(which, runtime, quantized_models, tmp_path):
     result = map_correlations(LITE0, quantized_models[which], tmp_path, runtime)
     assert result["scores_unchanged"], "the quantized model's own scores changed"

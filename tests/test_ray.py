@@ -65,20 +65,23 @@ def images(tmp_path_factory) -> Path:
         ch, cw = int(h * rng.uniform(0.5, 1)), int(w * rng.uniform(0.5, 1))
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
         side = rng.uniform(64, 200)
-        crop = cv2.resize(image[y:y + ch, x:x + cw], (max(8, int(cw * side / max(ch, cw))),
-                                                      max(8, int(ch * side / max(ch, cw)))))
+        crop = cv2.resize(
+            image[y : y + ch, x : x + cw], (max(8, int(cw * side / max(ch, cw))), max(8, int(ch * side / max(ch, cw))))
+        )
         cv2.imwrite(str(folder / f"gen_{i:03d}.{'jpg' if i % 2 else 'png'}"), crop)
     return folder
 
 
 def cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xai_graph", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "xai_graph", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "xai_graph", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "xai_graph", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -133,8 +136,9 @@ def assert_same_results(out: Path, reference: Path) -> None:
 
 def test_ray_engine_writes_what_the_local_engine_writes(cluster, model, images, local_run, tmp_path):
     out = tmp_path / "ray"
-    result = cli("explain", model, "-i", images, "-o", out, "--engine", "ray", "--ray-address", cluster,
-                 "--workers", "2", "-q")
+    result = cli(
+        "explain", model, "-i", images, "-o", out, "--engine", "ray", "--ray-address", cluster, "--workers", "2", "-q"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr  # Ray's own logging stays off the terminal
     assert f"{GENERATED + 4}/{GENERATED + 4} images explained" in result.stdout
@@ -144,8 +148,9 @@ def test_ray_engine_writes_what_the_local_engine_writes(cluster, model, images, 
 
 def test_a_killed_actor_costs_no_image(cluster, model, images, local_run, tmp_path):
     out = tmp_path / "ray"
-    run = start("explain", model, "-i", images, "-o", out, "--engine", "ray", "--ray-address", cluster,
-                "--workers", "2", "-q")
+    run = start(
+        "explain", model, "-i", images, "-o", out, "--engine", "ray", "--ray-address", cluster, "--workers", "2", "-q"
+    )
     wait_until(lambda: journal_lines(out) >= 30, run)
     victims = pool_actors()
     assert victims, "no pool actor found"
@@ -157,8 +162,9 @@ def test_a_killed_actor_costs_no_image(cluster, model, images, local_run, tmp_pa
 
 
 @pytest.mark.parametrize("engine", ["ray", "local"])
-def test_a_rerun_after_an_interruption_explains_only_what_is_missing(cluster, model, images, local_run, tmp_path,
-                                                                      engine):
+def test_a_rerun_after_an_interruption_explains_only_what_is_missing(
+    cluster, model, images, local_run, tmp_path, engine
+):
     out = tmp_path / engine
     ray_options = ["--ray-address", cluster, "--workers", "2"] if engine == "ray" else []
     run = start("explain", model, "-i", images, "-o", out, "--engine", engine, *ray_options, "-q")
@@ -181,8 +187,9 @@ def test_parquet_output_holds_the_maps(model, tmp_path):
     the same rows; the maps are the head's, for the predicted class."""
     photos = SAMPLES / "images"
     env = {**os.environ, "RAY_ADDRESS": ""}
-    embedded = cli("explain", model, "-i", photos, "-o", tmp_path / "ray", "--engine", "ray", "--format", "parquet",
-                   "-q", env=env)
+    embedded = cli(
+        "explain", model, "-i", photos, "-o", tmp_path / "ray", "--engine", "ray", "--format", "parquet", "-q", env=env
+    )
     assert embedded.returncode == 0, embedded.stderr
     local = cli("explain", model, "-i", photos, "-o", tmp_path / "local", "--format", "parquet", "-q")
     assert local.returncode == 0, local.stderr
@@ -208,10 +215,12 @@ def test_bad_input_is_one_line_and_writes_nothing(model, tmp_path, case):
     table = tmp_path / "list.parquet"
     pq.write_table(pa.table({"file": [str(SAMPLES / "images" / "chelsea.png")]}), table)
     out = tmp_path / "out"
-    args = {"unreachable address": ["-i", SAMPLES / "images", "--engine", "ray", "--ray-address", "127.0.0.1:1"],
-            "missing list": ["--list", tmp_path / "missing.txt", "--engine", "ray"],
-            "parquet without paths": ["--list", table, "--engine", "ray"],
-            "uri locally": ["--list", _uri_list(tmp_path)]}[case]
+    args = {
+        "unreachable address": ["-i", SAMPLES / "images", "--engine", "ray", "--ray-address", "127.0.0.1:1"],
+        "missing list": ["--list", tmp_path / "missing.txt", "--engine", "ray"],
+        "parquet without paths": ["--list", table, "--engine", "ray"],
+        "uri locally": ["--list", _uri_list(tmp_path)],
+    }[case]
     result = cli("explain", model, *args, "-o", out, timeout=120)
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -234,8 +243,9 @@ def test_a_path_list_of_uris_and_paths(cluster, model, tmp_path):
         (photos / name).write_bytes((SAMPLES / "images" / name).read_bytes())
     listed = photos / "list.txt"
     listed.write_text(f"# two photos and a missing one\nfile://{photos / 'chelsea.png'}\n\ncoffee.png\ngone.png\n")
-    result = cli("explain", model, "--list", listed, "-o", tmp_path / "out", "--engine", "ray", "--ray-address",
-                 cluster, "-q")
+    result = cli(
+        "explain", model, "--list", listed, "-o", tmp_path / "out", "--engine", "ray", "--ray-address", cluster, "-q"
+    )
     assert result.returncode == 3 and "1 failed" in result.stderr, result.stderr
     records = {r["image"]: r for r in predictions(tmp_path / "out")["images"]}
     assert set(records) == {f"file://{photos / 'chelsea.png'}", str(photos / "coffee.png"), str(photos / "gone.png")}
@@ -245,11 +255,23 @@ def test_a_path_list_of_uris_and_paths(cluster, model, tmp_path):
 
 
 def test_the_local_engine_does_not_import_ray(tmp_path):
-    code = ("import sys; from xai_graph.cli.main import main; sys.argv = ['xai-graph', 'explain', sys.argv[1], '-i', "
-            "sys.argv[2], '-o', sys.argv[3], '-q']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-            "assert 'ray' not in sys.modules and 'pyarrow' not in sys.modules, 'imported'")
-    result = subprocess.run([sys.executable, "-c", code, str(SAMPLES / "efficientnet_lite0.onnx"),
-                             str(SAMPLES / "images"), str(tmp_path / "out")], capture_output=True, text=True,
-                            timeout=300)
+    code = (
+        "import sys; from xai_graph.cli.main import main; sys.argv = ['xai-graph', 'explain', sys.argv[1], '-i', "
+        "sys.argv[2], '-o', sys.argv[3], '-q']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'ray' not in sys.modules and 'pyarrow' not in sys.modules, 'imported'"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(SAMPLES / "efficientnet_lite0.onnx"),
+            str(SAMPLES / "images"),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "predictions.json").exists()

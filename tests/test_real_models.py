@@ -43,8 +43,11 @@ def _check_onnx_model(path: Path, x: np.ndarray, expected_target: str, tmp_path:
     probe = reference.with_outputs(path, [expected_target], tmp_path / "probe.onnx")
     f = open_model(probe)({input_name: x})[expected_target]
     tail = reference.onnx_tail(path, expected_target, target.logits.name, tmp_path / "tail.onnx")
-    expected = {"activationmap": reference.activation_map(f), "eigencam": reference.eigencam(f),
-                "classwisesaliencymap": reference.recipro_cam(f, tail)}
+    expected = {
+        "activationmap": reference.activation_map(f),
+        "eigencam": reference.eigencam(f),
+        "classwisesaliencymap": reference.recipro_cam(f, tail),
+    }
     for algo in ALGOS:
         u8, raw, chosen = instrument(path, tmp_path, algo)
         assert chosen == expected_target
@@ -74,9 +77,16 @@ def efficientnet_lite0(tmp_path_factory):
 
     model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()
     path = tmp_path_factory.mktemp("lite0") / "efficientnet_lite0.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 3, 224, 224),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+    )
     return path, model
 
 
@@ -93,8 +103,11 @@ def test_efficientnet_lite0_imagenet(efficientnet_lite0, tmp_path):
             t = torch.from_numpy(batch)
             return model._fc(model._dropout(model._avg_pooling(t).flatten(1))).numpy()
 
-    expected = {"activationmap": reference.activation_map(f), "eigencam": reference.eigencam(f),
-                "classwisesaliencymap": reference.recipro_cam(f, tail)}
+    expected = {
+        "activationmap": reference.activation_map(f),
+        "eigencam": reference.eigencam(f),
+        "classwisesaliencymap": reference.recipro_cam(f, tail),
+    }
     for algo in ALGOS:
         u8, raw, target = instrument(path, tmp_path, algo)
         probe = reference.with_outputs(path, [target], tmp_path / "probe.onnx")

@@ -20,8 +20,9 @@ from vits import ATTENTIONS, EXPORTS, TinyViT, export, vit_recipro_cam
 CASES = [(attention, distilled, how) for attention in ATTENTIONS for distilled in (False, True) for how in EXPORTS]
 
 
-@pytest.mark.parametrize(("attention", "distilled", "how"), CASES,
-                         ids=[f"{a}-{'deit' if d else 'vit'}-{h}" for a, d, h in CASES])
+@pytest.mark.parametrize(
+    ("attention", "distilled", "how"), CASES, ids=[f"{a}-{'deit' if d else 'vit'}-{h}" for a, d, h in CASES]
+)
 def test_vit_recipro_cam_matches_the_definition(attention, distilled, how, tmp_path):
     model = TinyViT(attention, distilled=distilled).eval()
     path = export(model, tmp_path / "vit.onnx", how)
@@ -31,9 +32,11 @@ def test_vit_recipro_cam_matches_the_definition(attention, distilled, how, tmp_p
     images = np.random.default_rng(3).standard_normal((3, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         tokens = model.tokens(torch.from_numpy(images)).numpy()
-    for algo, expected in [("classwisesaliencymap", vit_recipro_cam(model, torch.from_numpy(images))),
-                           ("activationmap", tokens[:, model.extra:].mean(-1).reshape(3, 4, 4)),
-                           ("maxactivation", tokens[:, model.extra:].max(-1).reshape(3, 4, 4))]:
+    for algo, expected in [
+        ("classwisesaliencymap", vit_recipro_cam(model, torch.from_numpy(images))),
+        ("activationmap", tokens[:, model.extra :].mean(-1).reshape(3, 4, 4)),
+        ("maxactivation", tokens[:, model.extra :].max(-1).reshape(3, 4, 4)),
+    ]:
         u8 = xai_graph.save_model(xai_graph.insert(path, algo), tmp_path / f"{algo}_u8.onnx")
         raw_model = xai_graph.insert(path, algo, raw=True)
         raw = xai_graph.save_model(raw_model, tmp_path / f"{algo}_raw.onnx")
@@ -49,8 +52,10 @@ def test_vit_recipro_cam_matches_the_definition(attention, distilled, how, tmp_p
         cloned = xai_graph.insert(path, raw=True, brute_force=True)
         assert cheap.metadata_props["xai_graph.method"] == "ViT Recipro-CAM (class-token attention)"
         assert cloned.metadata_props["xai_graph.method"] == "ViT Recipro-CAM (cloned block)"
-        maps = [open_model(xai_graph.save_model(m, tmp_path / f"{i}.onnx"))({"image": images})["saliency_map"]
-                for i, m in enumerate((cheap, cloned))]
+        maps = [
+            open_model(xai_graph.save_model(m, tmp_path / f"{i}.onnx"))({"image": images})["saliency_map"]
+            for i, m in enumerate((cheap, cloned))
+        ]
         reference.assert_close_raw(maps[0], maps[1].astype(np.float64), "class-token vs cloned block", rel=1e-5)
 
 
@@ -76,9 +81,12 @@ def test_head_reading_every_token_gets_the_cloned_block(tmp_path):
     path = export(model, tmp_path / "vit.onnx")
     block = find_transformer(load_model(path))
     assert block.attention is None and "classifier reads more than the class" in block.why_cloned
-    with pytest.raises(xai_graph.XaiGraphError, match=r"re-run \d+% of the graph per position .* about [\d.]+x "
-                                                      r"the model's cost: the classifier reads more .* "
-                                                      r"brute_force=True"):
+    with pytest.raises(
+        xai_graph.XaiGraphError,
+        match=r"re-run \d+% of the graph per position .* about [\d.]+x "
+        r"the model's cost: the classifier reads more .* "
+        r"brute_force=True",
+    ):
         xai_graph.insert(path)
     images = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
     raw_model = xai_graph.insert(path, raw=True, brute_force=True)
@@ -103,19 +111,30 @@ def test_inspect_names_the_block_not_the_patch_embedding(tmp_path):
     result = xai_graph_cli("inspect", path)
     assert result.returncode == 0, result.stderr
     assert "task    transformer" in result.stdout and "4x4 patches" in result.stdout
-    assert re.search(r"classwisesaliencymap: yes \(ViT Recipro-CAM, class-token attention; re-run [\d.]+% of the "
-                     r"graph per position \(16 positions\), about 1\.\dx the model's cost\)", result.stdout)
+    assert re.search(
+        r"classwisesaliencymap: yes \(ViT Recipro-CAM, class-token attention; re-run [\d.]+% of the "
+        r"graph per position \(16 positions\), about 1\.\dx the model's cost\)",
+        result.stdout,
+    )
 
 
 def test_model_neither_cnn_nor_transformer_is_named_so(tmp_path):
     """An MLP on image pixels: no spatial map, no transformer block; one line saying what was looked for."""
     from test_cli import xai_graph_cli
 
-    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16), torch.nn.ReLU(),
-                              torch.nn.Linear(16, 4)).eval()
+    mlp = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+    ).eval()
     path = tmp_path / "mlp.onnx"
-    torch.onnx.export(mlp, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["scores"])
+    torch.onnx.export(
+        mlp,
+        (torch.randn(1, 3, 8, 8),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["scores"],
+    )
     before = sorted(p.name for p in tmp_path.iterdir())
     result = xai_graph_cli("insert", path, "-o", tmp_path / "out.onnx")
     assert result.returncode != 0 and "Traceback" not in result.stderr

@@ -58,14 +58,19 @@ def test_batch_of_one_equals_batch_of_three(spec, exported, tmp_path):
             session = open_model(model_path)
             together = session({"image": x})["saliency_map"]
             for i in range(3):
-                alone = session({"image": x[i:i + 1]})["saliency_map"][0]
-                np.testing.assert_allclose(alone.astype(np.float64), together[i].astype(np.float64),
-                                           atol=1 if together.dtype == np.uint8 else 1e-5, rtol=0)
+                alone = session({"image": x[i : i + 1]})["saliency_map"][0]
+                np.testing.assert_allclose(
+                    alone.astype(np.float64),
+                    together[i].astype(np.float64),
+                    atol=1 if together.dtype == np.uint8 else 1e-5,
+                    rtol=0,
+                )
 
 
-OPTION_SPECS = [zoo.Export("mobilenetv3", dynamo=False, opset=17, dynamic_batch=True, softmax=False),  # MLP head
-                zoo.Export("resnet", dynamo=False, opset=11, dynamic_batch=False,
-                           softmax=True)]  # linear head, opset 11
+OPTION_SPECS = [
+    zoo.Export("mobilenetv3", dynamo=False, opset=17, dynamic_batch=True, softmax=False),  # MLP head
+    zoo.Export("resnet", dynamo=False, opset=11, dynamic_batch=False, softmax=True),
+]  # linear head, opset 11
 
 
 @pytest.mark.parametrize("spec", OPTION_SPECS, ids=lambda s: s.id)
@@ -91,8 +96,10 @@ def test_fused_recipro_cam_equals_cloned_tail(spec, mask, exported, tmp_path):
     expected_form = "cloned tail" if spec.family == "vgg" else "fused"  # VGG has no pooling to fuse
     assert fused.metadata_props["xai_graph.method"] == f"Recipro-CAM ({expected_form})"
     assert cloned.metadata_props["xai_graph.method"] == "Recipro-CAM (cloned tail)"
-    maps = [open_model(xai_graph.save_model(m, tmp_path / f"{i}.onnx"))({"image": x})["saliency_map"]
-            for i, m in enumerate((fused, cloned))]
+    maps = [
+        open_model(xai_graph.save_model(m, tmp_path / f"{i}.onnx"))({"image": x})["saliency_map"]
+        for i, m in enumerate((fused, cloned))
+    ]
     reference.assert_close_raw(maps[0], maps[1].astype(np.float64), "fused vs cloned", rel=1e-5)
 
 
@@ -124,8 +131,9 @@ def test_top_k_maps_are_the_rows_of_the_full_maps(family, exported, tmp_path):
         assert classes.dtype == np.int64 and classes.shape == (3, 3)
         np.testing.assert_array_equal(classes, np.argsort(-ref[scores_name], axis=1, kind="stable")[:, :3])
         picked = np.take_along_axis(ref["saliency_map"], classes[:, :, None, None], axis=1)
-        reference.assert_close_raw(out["saliency_map"], 1 / (1 + np.exp(-picked.astype(np.float64))),
-                                   f"top-3 sigmoid maps in {runtime}")
+        reference.assert_close_raw(
+            out["saliency_map"], 1 / (1 + np.exp(-picked.astype(np.float64))), f"top-3 sigmoid maps in {runtime}"
+        )
         u8 = open_model(full_u8, runtime)({"image": x})["saliency_map"]
         reference.assert_within_lsb(u8, reference.to_uint8(picked.astype(np.float64), True), "top-3 uint8", picked)
 

@@ -46,8 +46,11 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.mha = attention == "mha"
-        self.attn = (nn.MultiheadAttention(d, heads, batch_first=True) if self.mha
-                     else HandAttention(d, heads, fused=attention == "fused"))
+        self.attn = (
+            nn.MultiheadAttention(d, heads, batch_first=True)
+            if self.mha
+            else HandAttention(d, heads, fused=attention == "fused")
+        )
         self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
 
     def attend(self, y):
@@ -63,8 +66,9 @@ class TinyViT(nn.Module):
     """ViT; with `distilled`, DeiT: a distillation token after the class token and the two heads averaged.
     `pool="mean"`: the head reads the mean of all tokens instead of the class token."""
 
-    def __init__(self, attention="mha", distilled=False, d=32, depth=3, heads=4, patch=8, size=32, classes=5,
-                 pool="token"):
+    def __init__(
+        self, attention="mha", distilled=False, d=32, depth=3, heads=4, patch=8, size=32, classes=5, pool="token"
+    ):
         super().__init__()
         torch.manual_seed(0)
         self.extra, self.pool = 2 if distilled else 1, pool
@@ -102,11 +106,27 @@ def export(model: TinyViT, path: Path, how: str = "legacy17", size: int = 32) ->
     x = torch.randn(2, 3, size, size)
     model.eval()
     if how.startswith("dynamo"):
-        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=int(how[6:]), input_names=["image"],
-                          output_names=["scores"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            opset_version=int(how[6:]),
+            input_names=["image"],
+            output_names=["scores"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
     else:
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=int(how[6:]), input_names=["image"],
-                          output_names=["scores"], dynamic_axes={"image": {0: "b"}})
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=int(how[6:]),
+            input_names=["image"],
+            output_names=["scores"],
+            dynamic_axes={"image": {0: "b"}},
+        )
     return path
 
 

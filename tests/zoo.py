@@ -29,17 +29,22 @@ def _randomise_batchnorm(model: nn.Module, seed: int) -> nn.Module:
 
 
 def conv_bn(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU):
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), act())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), act()
+    )
 
 
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
-        self.body = nn.Sequential(conv_bn(cin, cout, stride=stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(cout))
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
+        self.body = nn.Sequential(
+            conv_bn(cin, cout, stride=stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        )
+        self.skip = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x):
         return F.relu(self.body(x) + self.skip(x))
@@ -50,8 +55,9 @@ class ResNetLike(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(conv_bn(3, 16, stride=2), BasicBlock(16, 16, 1), BasicBlock(16, 32, 2),
-                                      BasicBlock(32, 32, 2))
+        self.features = nn.Sequential(
+            conv_bn(3, 16, stride=2), BasicBlock(16, 16, 1), BasicBlock(16, 32, 2), BasicBlock(32, 32, 2)
+        )
         self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(32, NUM_CLASSES)
 
     def tail(self, f, bs=None):
@@ -91,9 +97,14 @@ class MobileNetV2Like(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(conv_bn(3, 16, stride=2, act=nn.ReLU6), InvertedResidual(16, 16, 1),
-                                      InvertedResidual(16, 24, 2), InvertedResidual(24, 24, 1),
-                                      InvertedResidual(24, 32, 2), conv_bn(32, 64, 1, act=nn.ReLU6))
+        self.features = nn.Sequential(
+            conv_bn(3, 16, stride=2, act=nn.ReLU6),
+            InvertedResidual(16, 16, 1),
+            InvertedResidual(16, 24, 2),
+            InvertedResidual(24, 24, 1),
+            InvertedResidual(24, 32, 2),
+            conv_bn(32, 64, 1, act=nn.ReLU6),
+        )
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, NUM_CLASSES))
 
     def tail(self, f, bs=None):
@@ -109,13 +120,18 @@ class MobileNetV3Like(nn.Module):
     def __init__(self):
         super().__init__()
         hs = nn.Hardswish
-        self.features = nn.Sequential(conv_bn(3, 16, stride=2, act=hs),
-                                      InvertedResidual(16, 16, 1, act=nn.ReLU, se=True),
-                                      InvertedResidual(16, 24, 2, act=hs), InvertedResidual(24, 24, 1, act=hs, se=True),
-                                      InvertedResidual(24, 40, 2, act=hs, se=True), conv_bn(40, 96, 1, act=hs))
+        self.features = nn.Sequential(
+            conv_bn(3, 16, stride=2, act=hs),
+            InvertedResidual(16, 16, 1, act=nn.ReLU, se=True),
+            InvertedResidual(16, 24, 2, act=hs),
+            InvertedResidual(24, 24, 1, act=hs, se=True),
+            InvertedResidual(24, 40, 2, act=hs, se=True),
+            conv_bn(40, 96, 1, act=hs),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Linear(96, 128), nn.Hardswish(), nn.Dropout(0.2),
-                                        nn.Linear(128, NUM_CLASSES))
+        self.classifier = nn.Sequential(
+            nn.Linear(96, 128), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(128, NUM_CLASSES)
+        )
 
     def tail(self, f, bs=None):
         return self.classifier(torch.flatten(self.pool(f), 1))
@@ -146,10 +162,17 @@ class MBConv(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
         hidden = cin * 4
-        self.body = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), Swish(),
-                                  Conv2dSamePadding(hidden, hidden, 3, stride, groups=hidden, bias=False),
-                                  nn.BatchNorm2d(hidden), Swish(), SqueezeExcite(hidden, gate=nn.Sigmoid, act=Swish),
-                                  nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            Swish(),
+            Conv2dSamePadding(hidden, hidden, 3, stride, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            Swish(),
+            SqueezeExcite(hidden, gate=nn.Sigmoid, act=Swish),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x):
@@ -161,9 +184,17 @@ class EfficientNetLike(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(Conv2dSamePadding(3, 16, 3, 2, bias=False), nn.BatchNorm2d(16), Swish(),
-                                      MBConv(16, 16, 1), MBConv(16, 24, 2), MBConv(24, 40, 2),
-                                      nn.Conv2d(40, 80, 1, bias=False), nn.BatchNorm2d(80), Swish())
+        self.features = nn.Sequential(
+            Conv2dSamePadding(3, 16, 3, 2, bias=False),
+            nn.BatchNorm2d(16),
+            Swish(),
+            MBConv(16, 16, 1),
+            MBConv(16, 24, 2),
+            MBConv(24, 40, 2),
+            nn.Conv2d(40, 80, 1, bias=False),
+            nn.BatchNorm2d(80),
+            Swish(),
+        )
         self.pool, self.dropout, self.fc = nn.AdaptiveAvgPool2d(1), nn.Dropout(0.2), nn.Linear(80, NUM_CLASSES)
 
     def tail(self, f, bs=None):
@@ -179,10 +210,12 @@ class VGGLike(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(conv_bn(3, 16), nn.MaxPool2d(2), conv_bn(16, 32), nn.MaxPool2d(2),
-                                      conv_bn(32, 32), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.5),
-                                        nn.Linear(64, NUM_CLASSES))
+        self.features = nn.Sequential(
+            conv_bn(3, 16), nn.MaxPool2d(2), conv_bn(16, 32), nn.MaxPool2d(2), conv_bn(32, 32), nn.MaxPool2d(2)
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, NUM_CLASSES)
+        )
 
     def tail(self, f, bs=None):
         return self.classifier(torch.flatten(f, 1))
@@ -206,8 +239,13 @@ class WithSoftmax(nn.Module):
         return torch.softmax(self.net(x), dim=1)
 
 
-FAMILIES = {"resnet": (ResNetLike, 64), "mobilenetv2": (MobileNetV2Like, 64), "mobilenetv3": (MobileNetV3Like, 64),
-            "efficientnet": (EfficientNetLike, 64), "vgg": (VGGLike, 32)}
+FAMILIES = {
+    "resnet": (ResNetLike, 64),
+    "mobilenetv2": (MobileNetV2Like, 64),
+    "mobilenetv3": (MobileNetV3Like, 64),
+    "efficientnet": (EfficientNetLike, 64),
+    "vgg": (VGGLike, 32),
+}
 
 
 @dataclass(frozen=True)
@@ -220,8 +258,10 @@ class Export:
 
     @property
     def id(self) -> str:
-        return (f"{self.family}-{'dynamo' if self.dynamo else 'legacy'}-op{self.opset}-"
-                f"{'dynbatch' if self.dynamic_batch else 'static'}{'-softmax' if self.softmax else ''}")
+        return (
+            f"{self.family}-{'dynamo' if self.dynamo else 'legacy'}-op{self.opset}-"
+            f"{'dynbatch' if self.dynamic_batch else 'static'}{'-softmax' if self.softmax else ''}"
+        )
 
     @property
     def static_batch(self) -> int:
@@ -229,8 +269,11 @@ class Export:
 
 
 # Both exporters, opsets 11 to 21, static and dynamic batch, with and without a final Softmax.
-EXPORTS = [Export(family, *config) for family in FAMILIES for config in (
-    (False, 17, True, False), (False, 11, False, True), (True, 18, True, True), (True, 21, False, False))]
+EXPORTS = [
+    Export(family, *config)
+    for family in FAMILIES
+    for config in ((False, 17, True, False), (False, 11, False, True), (True, 18, True, True), (True, 21, False, False))
+]
 
 
 def build(family: str, softmax: bool, seed: int = 0) -> nn.Module:
@@ -249,10 +292,27 @@ def export(spec: Export, folder: Path) -> tuple[Path, nn.Module, int]:
     path = folder / f"{spec.id}.onnx"
     if spec.dynamo:
         shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if spec.dynamic_batch else None
-        torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=spec.opset, input_names=["image"],
-                          output_names=["scores"], dynamic_shapes=shapes, verbose=False)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            opset_version=spec.opset,
+            input_names=["image"],
+            output_names=["scores"],
+            dynamic_shapes=shapes,
+            verbose=False,
+        )
     else:
         axes = {"image": {0: "batch"}, "scores": {0: "batch"}} if spec.dynamic_batch else None
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=spec.opset, input_names=["image"],
-                          output_names=["scores"], dynamic_axes=axes)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=spec.opset,
+            input_names=["image"],
+            output_names=["scores"],
+            dynamic_axes=axes,
+        )
     return path, model, size

@@ -8,13 +8,26 @@ from importlib import import_module
 
 from xai_graph.version import __version__
 
-_EXPLAINER, _RENDER, _IO, _HEAD = ("xai_graph.explaining.explainer", "xai_graph.explaining.render",
-                                   "xai_graph.graph.io", "xai_graph.head")
+_EXPLAINER, _RENDER, _IO, _HEAD = (
+    "xai_graph.explaining.explainer",
+    "xai_graph.explaining.render",
+    "xai_graph.graph.io",
+    "xai_graph.head",
+)
 _PUBLIC = {
-    "ClassScore": _EXPLAINER, "Explainer": _EXPLAINER, "Explanation": _EXPLAINER,
-    "XaiGraphError": "xai_graph.errors", "load_model": _IO, "save_ir": _IO, "save_model": _IO,
-    "head_summary": _HEAD, "insert": _HEAD, "algorithms": "xai_graph.methods",
-    "colorize": _RENDER, "map_to_image": _RENDER, "overlay": _RENDER,
+    "ClassScore": _EXPLAINER,
+    "Explainer": _EXPLAINER,
+    "Explanation": _EXPLAINER,
+    "XaiGraphError": "xai_graph.errors",
+    "load_model": _IO,
+    "save_ir": _IO,
+    "save_model": _IO,
+    "head_summary": _HEAD,
+    "insert": _HEAD,
+    "algorithms": "xai_graph.methods",
+    "colorize": _RENDER,
+    "map_to_image": _RENDER,
+    "overlay": _RENDER,
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]

@@ -60,8 +60,9 @@ def _file_size(path: Path) -> int:
     return sum(file.stat().st_size for file in [path, *companion_files(path)] if file.exists())
 
 
-def prepare_variants(model: Path, algos: list[str], folder: Path, top_k: int | None = None,
-                     brute_force_too: bool = True) -> tuple[list[Variant], dict[str, str]]:
+def prepare_variants(
+    model: Path, algos: list[str], folder: Path, top_k: int | None = None, brute_force_too: bool = True
+) -> tuple[list[Variant], dict[str, str]]:
     """The original model and one instrumented copy per algorithm (and Recipro-CAM form), with insertion
     time and growth; and the algorithms that do not apply to this model, with the reason."""
     variants = [Variant("original", model)]
@@ -69,11 +70,16 @@ def prepare_variants(model: Path, algos: list[str], folder: Path, top_k: int | N
     base_size = _file_size(model)
     for algo in algos:
         forms = []
-        for brute_force in ([False, True] if brute_force_too else [False]):
+        for brute_force in [False, True] if brute_force_too else [False]:
             start = time.perf_counter()
             try:
-                result = insert(model, algo, top_k=top_k if algo == "classwisesaliencymap" else None,
-                                brute_force=brute_force, check=False)  # as `xai-graph insert` does
+                result = insert(
+                    model,
+                    algo,
+                    top_k=top_k if algo == "classwisesaliencymap" else None,
+                    brute_force=brute_force,
+                    check=False,
+                )  # as `xai-graph insert` does
             except XaiGraphError as exc:
                 if not forms:
                     skipped[algo] = str(exc)
@@ -112,8 +118,12 @@ def peak_memory_mb(path: Path, runtime: str, name: str, shape: tuple[int, ...]) 
     A process of its own per variant: resident-size differences inside one process
     are blurred by the allocators' caching.
     """
-    result = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_PROBE, str(path), runtime, name,
-                             ",".join(map(str, shape))], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY_PROBE, str(path), runtime, name, ",".join(map(str, shape))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if result.returncode != 0:
         raise XaiGraphError(f"memory probe failed for {path.name}: {result.stderr.strip().splitlines()[-1:]}")
     return int(result.stdout.split()[-1]) / 1024
@@ -132,8 +142,15 @@ def input_shape(model: Path, batch: int, size: tuple[int, int] | None) -> tuple[
     return name, tuple(dims)
 
 
-def measure(variants: list[Variant], runtime: str, batch: int, size: tuple[int, int] | None = None,
-            threads: int | None = None, rounds: int = 30, warmup: int = 3) -> list[Measurement]:
+def measure(
+    variants: list[Variant],
+    runtime: str,
+    batch: int,
+    size: tuple[int, int] | None = None,
+    threads: int | None = None,
+    rounds: int = 30,
+    warmup: int = 3,
+) -> list[Measurement]:
     name, shape = input_shape(variants[0].path, batch, size)
     feeds = {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     memory = [peak_memory_mb(v.path, runtime, name, shape) for v in variants]
@@ -156,8 +173,21 @@ def measure(variants: list[Variant], runtime: str, batch: int, size: tuple[int, 
         ordered = sorted(samples)
         p90 = ordered[min(len(samples) - 1, int(0.9 * len(samples)))]
         spread = (ordered[(3 * len(samples)) // 4] - ordered[len(samples) // 4]) / median
-        rows.append(Measurement(runtime, batch, variant.name, median * 1e3, p90 * 1e3, batch / median, median / base,
-                                mb, variant.size_growth_bytes, variant.insert_seconds, spread))
+        rows.append(
+            Measurement(
+                runtime,
+                batch,
+                variant.name,
+                median * 1e3,
+                p90 * 1e3,
+                batch / median,
+                median / base,
+                mb,
+                variant.size_growth_bytes,
+                variant.insert_seconds,
+                spread,
+            )
+        )
     return rows
 
 
@@ -173,14 +203,24 @@ def rounds_advice(rows: list[Measurement], rounds: int) -> str | None:
     if noisiest <= NOISY_SPREAD:
         return None
     needed = math.ceil(rounds * (noisiest / NOISY_SPREAD) ** 2)
-    return (f"latencies varied by {100 * noisiest:.0f}% (quartile spread / median) over {rounds} rounds: the ratios "
-            f"are rough; try --rounds {needed} on a quieter machine")
+    return (
+        f"latencies varied by {100 * noisiest:.0f}% (quartile spread / median) over {rounds} rounds: the ratios "
+        f"are rough; try --rounds {needed} on a quieter machine"
+    )
 
 
-def benchmark(model: str | os.PathLike, algos: list[str], runtimes: list[str], batches: list[int],
-              size: tuple[int, int] | None = None, threads: int | None = None, rounds: int = 30,
-              top_k: int | None = None, on_rows=None,
-              on_skipped=None) -> tuple[list[Measurement], dict[str, str]]:
+def benchmark(
+    model: str | os.PathLike,
+    algos: list[str],
+    runtimes: list[str],
+    batches: list[int],
+    size: tuple[int, int] | None = None,
+    threads: int | None = None,
+    rounds: int = 30,
+    top_k: int | None = None,
+    on_rows=None,
+    on_skipped=None,
+) -> tuple[list[Measurement], dict[str, str]]:
     """Measurements for every variant, runtime and batch; and the algorithms skipped, with why.
     An OpenVINO IR runs in OpenVINO only. `on_skipped(skipped)` is called once the variants are built and
     `on_rows(rows)` as each runtime and batch finishes, so a caller can show progress."""
@@ -195,17 +235,25 @@ def benchmark(model: str | os.PathLike, algos: list[str], runtimes: list[str], b
             for batch in batches:
                 rows += measure(variants, runtime, batch, size, threads, rounds)
                 if on_rows:
-                    on_rows(rows[-len(variants):])
+                    on_rows(rows[-len(variants) :])
         return rows, skipped
 
 
 def format_table(rows: list[Measurement], header: bool = True, width: int = 36) -> str:
     width = max([width, *(len(r.variant) + 2 for r in rows)])
-    lines = [f"{'runtime':<12}{'batch':>6}  {'variant':<{width}}{'median ms':>10}{'p90 ms':>9}{'img/s':>9}"
-             f"{'ratio':>8}{'peak MB':>9}{'growth KB':>10}{'insert s':>9}"] if header else []
+    lines = (
+        [
+            f"{'runtime':<12}{'batch':>6}  {'variant':<{width}}{'median ms':>10}{'p90 ms':>9}{'img/s':>9}"
+            f"{'ratio':>8}{'peak MB':>9}{'growth KB':>10}{'insert s':>9}"
+        ]
+        if header
+        else []
+    )
     for r in rows:
         insert_s = f"{r.insert_seconds:.2f}" if r.insert_seconds is not None else "-"
-        lines.append(f"{r.runtime:<12}{r.batch:>6}  {r.variant:<{width}}{r.median_ms:>10.2f}{r.p90_ms:>9.2f}"
-                     f"{r.images_per_second:>9.1f}{r.ratio:>8.3f}{r.peak_memory_mb:>9.0f}"
-                     f"{r.size_growth_bytes / 1024:>10.1f}{insert_s:>9}")
+        lines.append(
+            f"{r.runtime:<12}{r.batch:>6}  {r.variant:<{width}}{r.median_ms:>10.2f}{r.p90_ms:>9.2f}"
+            f"{r.images_per_second:>9.1f}{r.ratio:>8.3f}{r.peak_memory_mb:>9.0f}"
+            f"{r.size_growth_bytes / 1024:>10.1f}{insert_s:>9}"
+        )
     return "\n".join(lines)

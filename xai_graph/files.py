@@ -103,8 +103,10 @@ class FolderLock:
             except BlockingIOError:
                 owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                raise XaiGraphError(f"{self.path.parent}: another xai-graph run (pid {owner}) is writing to this "
-                                    "folder; wait for it to finish or choose another folder") from None
+                raise XaiGraphError(
+                    f"{self.path.parent}: another xai-graph run (pid {owner}) is writing to this "
+                    "folder; wait for it to finish or choose another folder"
+                ) from None
             # The previous owner may have unlinked the file between our open and our lock: lock the current one.
             held = os.fstat(fd)
             if inode(self.path) == (held.st_dev, held.st_ino):

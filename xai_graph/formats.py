@@ -33,8 +33,9 @@ def companion_files(path: str | os.PathLike) -> list[Path]:
     return [path.with_suffix(".bin")] if is_ir(path) else [Path(f"{path}.data")]
 
 
-def output_for(model: str | os.PathLike, output: str | os.PathLike | None = None,
-               requested: str | None = None) -> tuple[Path, str]:
+def output_for(
+    model: str | os.PathLike, output: str | os.PathLike | None = None, requested: str | None = None
+) -> tuple[Path, str]:
     """Where and in which format `insert` writes the rewrite of the model file `model`.
 
     An IR is rewritten as IR (nothing converts IR back to ONNX); an ONNX model is written as ONNX

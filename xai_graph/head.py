@@ -52,11 +52,22 @@ class HeadRequest:
     check: bool = True
 
 
-def insert(model: ir.Model | onnx.ModelProto | str | os.PathLike, algo: str = "classwisesaliencymap", *,
-           target_layer: str | None = None, scores: str | None = None, class_maps: list[str] | None = None,
-           num_anchors: list[int] | None = None, num_classes: int | None = None, raw: bool = False,
-           feature_vector: bool = False, replace: bool = False, metadata: dict[str, str] | None = None,
-           check: bool = True, **method_options) -> ir.Model:
+def insert(
+    model: ir.Model | onnx.ModelProto | str | os.PathLike,
+    algo: str = "classwisesaliencymap",
+    *,
+    target_layer: str | None = None,
+    scores: str | None = None,
+    class_maps: list[str] | None = None,
+    num_anchors: list[int] | None = None,
+    num_classes: int | None = None,
+    raw: bool = False,
+    feature_vector: bool = False,
+    replace: bool = False,
+    metadata: dict[str, str] | None = None,
+    check: bool = True,
+    **method_options,
+) -> ir.Model:
     """Return a copy of `model` with a `saliency_map` output (and `feature_vector` on request).
 
     The original outputs come first and are unchanged; `saliency_map` is uint8
@@ -77,9 +88,18 @@ def insert(model: ir.Model | onnx.ModelProto | str | os.PathLike, algo: str = "c
     `scores` names the class-score output where the model has several score-shaped outputs (default:
     chosen by its role).
     """
-    request = HeadRequest(target_layer=target_layer, scores=scores, class_maps=class_maps, num_anchors=num_anchors,
-                          num_classes=num_classes, raw=raw, feature_vector=feature_vector, replace=replace,
-                          metadata=metadata, check=check)
+    request = HeadRequest(
+        target_layer=target_layer,
+        scores=scores,
+        class_maps=class_maps,
+        num_anchors=num_anchors,
+        num_classes=num_classes,
+        raw=raw,
+        feature_vector=feature_vector,
+        replace=replace,
+        metadata=metadata,
+        check=check,
+    )
     if is_ir(model):
         return _insert_openvino(model, algo, request, method_options)
     return _insert_into(to_ir(model), algo, request, method_options)
@@ -96,8 +116,9 @@ def _insert_openvino(model, algo: str, request: HeadRequest, method_options: dic
     metadata = dict(result.metadata_props)
     if not dynamic:
         metadata["xai_graph.batch"] = "static: OpenVINO could not make the batch dynamic"
-        warnings.warn("OpenVINO could not make this IR's batch dynamic: the head works at the model's own batch",
-                      stacklevel=3)
+        warnings.warn(
+            "OpenVINO could not make this IR's batch dynamic: the head works at the model's own batch", stacklevel=3
+        )
     return lower(mirror, metadata)
 
 
@@ -105,18 +126,30 @@ def head_summary(model) -> dict[str, str]:
     """What `insert` built, for one line of output: method, target, saliency_map shape and dtype."""
     if isinstance(model, ir.Model):
         saliency = next(o for o in model.graph.outputs if o.name == SALIENCY_MAP)
-        return {"method": model.metadata_props["xai_graph.method"], "target": model.metadata_props["xai_graph.target"],
-                "shape": shape_text(saliency), "dtype": saliency.dtype.name.lower(),
-                "cost": model.metadata_props.get("xai_graph.cost", "")}
+        return {
+            "method": model.metadata_props["xai_graph.method"],
+            "target": model.metadata_props["xai_graph.target"],
+            "shape": shape_text(saliency),
+            "dtype": saliency.dtype.name.lower(),
+            "cost": model.metadata_props.get("xai_graph.cost", ""),
+        }
     port = next(o for o in model.outputs if SALIENCY_MAP in o.get_names())
-    keys = [key for key in ("xai_graph.method", "xai_graph.target", "xai_graph.cost")
-            if model.has_rt_info(["xai_graph", key])]
+    keys = [
+        key
+        for key in ("xai_graph.method", "xai_graph.target", "xai_graph.cost")
+        if model.has_rt_info(["xai_graph", key])
+    ]
     record = {key: model.get_rt_info(["xai_graph", key]).astype(str) for key in keys}
     dims = ", ".join(str(d.get_length()) if d.is_static else "?" for d in port.get_partial_shape())
-    return {"method": record["xai_graph.method"], "target": record["xai_graph.target"], "shape": f"[{dims}]",
-            "cost": record.get("xai_graph.cost", ""),
-            "dtype": {"u8": "uint8", "f32": "float"}.get(port.get_element_type().get_type_name(),
-                                                         port.get_element_type().get_type_name())}
+    return {
+        "method": record["xai_graph.method"],
+        "target": record["xai_graph.target"],
+        "shape": f"[{dims}]",
+        "cost": record.get("xai_graph.cost", ""),
+        "dtype": {"u8": "uint8", "f32": "float"}.get(
+            port.get_element_type().get_type_name(), port.get_element_type().get_type_name()
+        ),
+    }
 
 
 def _insert_into(model: ir.Model, algo: str, request: HeadRequest, method_options: dict) -> ir.Model:
@@ -125,12 +158,19 @@ def _insert_into(model: ir.Model, algo: str, request: HeadRequest, method_option
     graph = model.graph
     if any(out.name in HEAD_OUTPUTS for out in graph.outputs):
         if not request.replace:
-            raise XaiGraphError(f"the model already has a saliency_map output; pass {option_text('replace')} to "
-                                f"rebuild it")
+            raise XaiGraphError(
+                f"the model already has a saliency_map output; pass {option_text('replace')} to rebuild it"
+            )
         remove_head(model)
-    target = find_subject(model, target_layer=request.target_layer, scores=request.scores,
-                          class_maps=request.class_maps, num_anchors=request.num_anchors,
-                          num_classes=request.num_classes, need_scores=method_for(algo, "classification").class_wise)
+    target = find_subject(
+        model,
+        target_layer=request.target_layer,
+        scores=request.scores,
+        class_maps=request.class_maps,
+        num_anchors=request.num_anchors,
+        num_classes=request.num_classes,
+        need_scores=method_for(algo, "classification").class_wise,
+    )
     task = target.task
     method_class = method_for(algo, task)
     method = method_class(method_class.options_from(method_options))
@@ -138,9 +178,11 @@ def _insert_into(model: ir.Model, algo: str, request: HeadRequest, method_option
     cost = rerun_cost(model, method, target)
     if cost is not None and cost.factor > MAX_COST and not getattr(method.options, "brute_force", False):
         why = getattr(target, "why_cloned", "") or "no cheaper form applies"
-        raise XaiGraphError(f"{method.title} ({method.form(target)}) would {cost}: {why}; use "
-                            f"{option_text('algo', 'activationmap')} or eigencam, name a later map with "
-                            f"{option_text('target_layer', 'NAME')}, or pass {option_text('brute_force')} to accept it")
+        raise XaiGraphError(
+            f"{method.title} ({method.form(target)}) would {cost}: {why}; use "
+            f"{option_text('algo', 'activationmap')} or eigencam, name a later map with "
+            f"{option_text('target_layer', 'NAME')}, or pass {option_text('brute_force')} to accept it"
+        )
     if request.feature_vector and task != "classification":
         raise XaiGraphError(f"{option_text('feature_vector')} is not available for {task} models yet")
 
@@ -155,8 +197,13 @@ def _insert_into(model: ir.Model, algo: str, request: HeadRequest, method_option
         _add_output(graph, built.class_scores, DETECTION_CLASS_SCORES, ir.DataType.FLOAT, map_dims[:2])
     if request.feature_vector:
         layout = target.layout
-        _add_output(graph, builder.reduce("ReduceMean", target.value, layout.position_axes, keepdims=False),
-                    FEATURE_VECTOR, ir.DataType.FLOAT, _dims(target.value, [0, layout.channel_axis]))
+        _add_output(
+            graph,
+            builder.reduce("ReduceMean", target.value, layout.position_axes, keepdims=False),
+            FEATURE_VECTOR,
+            ir.DataType.FLOAT,
+            _dims(target.value, [0, layout.channel_axis]),
+        )
 
     model.metadata_props.update(request.metadata or {})
     options_used = {**asdict(method.options), "raw": request.raw, "feature_vector": request.feature_vector}
@@ -185,10 +232,17 @@ class RerunCost:
         return 1.0 + self.fraction * self.positions
 
     def __str__(self) -> str:
-        share = (f"{100 * self.fraction:.0f}" if self.fraction >= 0.1 else f"{100 * self.fraction:.1f}"
-                 if self.fraction >= 0.001 else "<0.1")
-        return (f"re-run {share}% of the graph per position ({self.positions} positions), "
-                f"about {self.factor:.1f}x the model's cost")
+        share = (
+            f"{100 * self.fraction:.0f}"
+            if self.fraction >= 0.1
+            else f"{100 * self.fraction:.1f}"
+            if self.fraction >= 0.001
+            else "<0.1"
+        )
+        return (
+            f"re-run {share}% of the graph per position ({self.positions} positions), "
+            f"about {self.factor:.1f}x the model's cost"
+        )
 
 
 def rerun_cost(model: ir.Model, method: SaliencyMethod, target) -> RerunCost | None:
@@ -207,11 +261,15 @@ def _drop_unused_constants(graph: ir.Graph) -> None:
 
 def _record(algo: str, method: SaliencyMethod, built: Saliency, subject: Subject, options: dict) -> dict[str, str]:
     """What the rewrite did, for the model's metadata: the method, the values it read, the subject's own record."""
-    return {"xai_graph.version": __version__, "xai_graph.algorithm": algo,
-            "xai_graph.method": method.title + (f" ({built.form})" if built.form else ""),
-            "xai_graph.task": subject.task,
-            "xai_graph.target": ",".join(value.name for value in method.explained(subject)),
-            **subject.record(), "xai_graph.options": json.dumps(options, sort_keys=True)}
+    return {
+        "xai_graph.version": __version__,
+        "xai_graph.algorithm": algo,
+        "xai_graph.method": method.title + (f" ({built.form})" if built.form else ""),
+        "xai_graph.task": subject.task,
+        "xai_graph.target": ",".join(value.name for value in method.explained(subject)),
+        **subject.record(),
+        "xai_graph.options": json.dumps(options, sort_keys=True),
+    }
 
 
 def scale_to_uint8(b: GraphBuilder, saliency: ir.Value, class_wise: bool) -> ir.Value:

@@ -59,9 +59,38 @@ PERTURBATION_MODES = ("deletion", "insertion")
 BLUR_SIGMA_FRACTION = 0.05  # of the shorter side: blurs away texture at any input size
 
 # Student's t, two-sided 95% (the 0.975 quantile), for 1..30 degrees of freedom.
-_T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T_95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 _Z_95 = 1.96
 
 
@@ -119,8 +148,9 @@ def _maximal_pixels(saliency: np.ndarray) -> np.ndarray:
     return saliency == saliency.max()
 
 
-def pointing_game(saliency: np.ndarray, boxes: Sequence[tuple[float, float, float, float]],
-                  tolerance: float = 0.0) -> bool:
+def pointing_game(
+    saliency: np.ndarray, boxes: Sequence[tuple[float, float, float, float]], tolerance: float = 0.0
+) -> bool:
     """True when a maximal pixel of the map lies in a box (x1, y1, x2, y2), both ends inclusive, grown by
     `tolerance` pixels on each side; ties hit when any maximal pixel is inside (see the module notes)."""
     saliency = _as_map(saliency)
@@ -128,8 +158,9 @@ def pointing_game(saliency: np.ndarray, boxes: Sequence[tuple[float, float, floa
         raise ValueError(f"the tolerance is a number of pixels >= 0; got {tolerance}")
     rows, cols = np.nonzero(_maximal_pixels(saliency))
     for x1, y1, x2, y2 in boxes:
-        inside = ((cols >= x1 - tolerance) & (cols <= x2 + tolerance)
-                  & (rows >= y1 - tolerance) & (rows <= y2 + tolerance))
+        inside = (
+            (cols >= x1 - tolerance) & (cols <= x2 + tolerance) & (rows >= y1 - tolerance) & (rows <= y2 + tolerance)
+        )
         if inside.any():
             return True
     return False
@@ -147,8 +178,7 @@ def _pixels_changed(step: int, steps: int, pixel_count: int) -> int:
     return (2 * step * pixel_count + steps) // (2 * steps)
 
 
-def perturbed_batch(image: np.ndarray, baseline: np.ndarray, saliency: np.ndarray, steps: int,
-                    mode: str) -> np.ndarray:
+def perturbed_batch(image: np.ndarray, baseline: np.ndarray, saliency: np.ndarray, steps: int, mode: str) -> np.ndarray:
     """steps + 1 images [steps + 1, H, W, C] in the image's dtype; step i has the first
     round(i * H * W / steps) pixels of `saliency_order` deleted (set to the baseline) or inserted
     (restored from the image into the baseline)."""
@@ -189,9 +219,16 @@ def baseline_image(image: np.ndarray, kind: str) -> np.ndarray:
     if kind == "blur":
         sigma = BLUR_SIGMA_FRACTION * min(image.shape[:2])
         # One channel at a time, in float64: any dtype and channel count cv2 would refuse.
-        planes = [cv2.GaussianBlur(np.ascontiguousarray(image[:, :, channel], dtype=np.float64), (0, 0),
-                                   sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
-                  for channel in range(image.shape[2])]
+        planes = [
+            cv2.GaussianBlur(
+                np.ascontiguousarray(image[:, :, channel], dtype=np.float64),
+                (0, 0),
+                sigmaX=sigma,
+                sigmaY=sigma,
+                borderType=cv2.BORDER_REFLECT_101,
+            )
+            for channel in range(image.shape[2])
+        ]
         return _cast_like(np.stack(planes, axis=-1), image)
     raise ValueError(f"the baseline is one of {', '.join(BASELINES)}; got {kind!r}")
 

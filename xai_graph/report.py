@@ -45,8 +45,12 @@ def _describe_value(v: ir.Value) -> dict:
     return {"name": v.name, "shape": shape_text(v), "dtype": v.dtype.name if v.dtype is not None else "?"}
 
 
-def describe(path: str | os.PathLike, target_layer: str | None = None, class_maps: list[str] | None = None,
-             scores: str | None = None) -> ModelReport:
+def describe(
+    path: str | os.PathLike,
+    target_layer: str | None = None,
+    class_maps: list[str] | None = None,
+    scores: str | None = None,
+) -> ModelReport:
     model_file = ModelFile(path)
     model = model_file.graph
     graph = model.graph
@@ -79,10 +83,16 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, class_map
     target = subject
     report.scores = target.scores.name
     report.final_activation = target.final_activation
-    report.pools = [{"node": p.node.name, "op": p.node.op_type, "input": p.input.name,
-                     "shape": shape_text(p.input),
-                     "role": "classifier" if p.feeds_scores else "side (squeeze-excitation)"}
-                    for p in target.pools]
+    report.pools = [
+        {
+            "node": p.node.name,
+            "op": p.node.op_type,
+            "input": p.input.name,
+            "shape": shape_text(p.input),
+            "role": "classifier" if p.feeds_scores else "side (squeeze-excitation)",
+        }
+        for p in target.pools
+    ]
     report.candidates = [_describe_value(v) for v in target.candidates]
     report.target, report.target_shape, report.reason = target.value.name, shape_text(target.value), target.reason
     for cls in methods_for_task("classification"):
@@ -98,14 +108,23 @@ def describe(path: str | os.PathLike, target_layer: str | None = None, class_map
 def _detector_report(report: ModelReport, detector: DetectorClassMaps) -> ModelReport:
     report.task, report.reason = "detection", detector.reason
     report.scores, report.final_activation = ", ".join(o.name for o in detector.outputs), detector.activation
-    report.detector_levels = [{"value": lv.value.name, "shape": shape_text(lv.value), "anchors": lv.anchors,
-                               "classes": detector.num_classes, "layout": lv.layout} for lv in detector.levels]
+    report.detector_levels = [
+        {
+            "value": lv.value.name,
+            "shape": shape_text(lv.value),
+            "anchors": lv.anchors,
+            "classes": detector.num_classes,
+            "layout": lv.layout,
+        }
+        for lv in detector.levels
+    ]
     report.target = detector.middle.value.name
     report.target_shape = shape_text(detector.middle.value)
     detection_methods = {m.algo: m for m in methods_for_task("detection")}
     for cls in methods_for_task("classification"):
-        report.algorithms[cls.algo] = (f"yes ({detection_methods[cls.algo].title})" if cls.algo in detection_methods
-                                       else "not for detectors yet")
+        report.algorithms[cls.algo] = (
+            f"yes ({detection_methods[cls.algo].title})" if cls.algo in detection_methods else "not for detectors yet"
+        )
     return report
 
 
@@ -118,8 +137,11 @@ def _transformer_report(report: ModelReport, model: ir.Model, block: Transformer
         method = transformer_methods.get(cls.algo)
         form = method.form(block) if method else ""
         why = f"; {block.why_cloned}" if form == "cloned block" and block.why_cloned else ""
-        report.algorithms[cls.algo] = (_verdict(model, method, block, f"{method.title}{', ' + form if form else ''}"
-                                                f"{why}") if method else "not for transformers yet")
+        report.algorithms[cls.algo] = (
+            _verdict(model, method, block, f"{method.title}{', ' + form if form else ''}{why}")
+            if method
+            else "not for transformers yet"
+        )
     return report
 
 

@@ -37,8 +37,9 @@ class OnnxRuntimeModel:
 
 
 class OpenVinoModel:
-    def __init__(self, path: str | os.PathLike, device: str = "CPU", precision: str = "f32",
-                 threads: int | None = None):
+    def __init__(
+        self, path: str | os.PathLike, device: str = "CPU", precision: str = "f32", threads: int | None = None
+    ):
         import openvino as ov
 
         config = {"INFERENCE_PRECISION_HINT": precision}

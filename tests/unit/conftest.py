@@ -36,18 +36,23 @@ def parse_model(text: str, **weights: np.ndarray) -> onnx.ModelProto:
     for name, array in weights.items():
         model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(array), name))
         if model.ir_version < 4:  # IR 3 wants every initializer listed as a graph input
-            model.graph.input.append(onnx.helper.make_tensor_value_info(
-                name, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype), np.asarray(array).shape))
+            model.graph.input.append(
+                onnx.helper.make_tensor_value_info(
+                    name, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype), np.asarray(array).shape
+                )
+            )
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
 def cnn_weights(channels: int = 4, classes: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"w1": rng.standard_normal((channels, 3, 3, 3)).astype(np.float32) / 3,
-            "b1": rng.standard_normal(channels).astype(np.float32) / 4,
-            "fc_w": rng.standard_normal((classes, channels)).astype(np.float32),
-            "fc_b": rng.standard_normal(classes).astype(np.float32)}
+    return {
+        "w1": rng.standard_normal((channels, 3, 3, 3)).astype(np.float32) / 3,
+        "b1": rng.standard_normal(channels).astype(np.float32) / 4,
+        "fc_w": rng.standard_normal((classes, channels)).astype(np.float32),
+        "fc_b": rng.standard_normal(classes).astype(np.float32),
+    }
 
 
 @pytest.fixture
@@ -62,9 +67,11 @@ def tiny_cnn():
 
     `text` may be another template with the same weights and `{opset}`, `{ir_version}` fields.
     """
+
     def make(channels: int = 4, opset: int = 17, ir_version: int = 8, text: str = TINY_CNN):
         weights = cnn_weights(channels)
         return parse_model(text.format(opset=opset, ir_version=ir_version), **weights), weights
+
     return make
 
 
@@ -92,8 +99,9 @@ def run(tmp_path):
         else:
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
-            copy.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                                     for name in extra)
+            copy.graph.output.extend(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in extra
+            )
             onnx.save(copy, path)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]

@@ -65,10 +65,12 @@ computed (float[N, 192] pixels) => (float[N, 5] logits)
 @pytest.mark.parametrize("algo", ["activationmap", "classwisesaliencymap"])
 def test_computed_reshapes_keep_static_map_sizes(algo, parse, run):
     rng = np.random.default_rng(0)
-    weights = {"w1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-               "b1": rng.standard_normal(4).astype(np.float32),
-               "fc_w": rng.standard_normal((5, 4)).astype(np.float32),
-               "fc_b": rng.standard_normal(5).astype(np.float32)}
+    weights = {
+        "w1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "b1": rng.standard_normal(4).astype(np.float32),
+        "fc_w": rng.standard_normal((5, 4)).astype(np.float32),
+        "fc_b": rng.standard_normal(5).astype(np.float32),
+    }
     model = parse(COMPUTED_RESHAPES, **weights)
     head = xai_graph.insert(model, algo, raw=True)
     assert head.metadata_props["xai_graph.target"] == "feat"
@@ -131,12 +133,15 @@ def test_target_layer_names_the_map(tiny_cnn, images, run):
 
 
 @pytest.mark.parametrize("opset", [17, 9], ids=["opset17", "opset9-converted"])
-@pytest.mark.parametrize("algo, options", [
-    ("activationmap", {"feature_vector": True}),
-    ("eigencam", {}),
-    ("classwisesaliencymap", {}),
-    ("classwisesaliencymap", {"brute_force": True, "top_k": 2}),
-])
+@pytest.mark.parametrize(
+    "algo, options",
+    [
+        ("activationmap", {"feature_vector": True}),
+        ("eigencam", {}),
+        ("classwisesaliencymap", {}),
+        ("classwisesaliencymap", {"brute_force": True, "top_k": 2}),
+    ],
+)
 def test_the_model_given_is_not_modified(opset, algo, options, tiny_cnn):
     model, _ = tiny_cnn(opset=opset, ir_version=8 if opset == 17 else 4)
     before = model.SerializeToString(deterministic=True)
@@ -181,17 +186,21 @@ nhwc (float[N, 3, 8, 8] image) => (float[N, 5] logits)
    logits = Gemm <transB = 1> (pooled, fc_w, fc_b)
 }}
 """
-REDUCE_BY_OPSET = {17: "ReduceMean <axes = [1, 2], keepdims = 0> (feat)",  # axes as attribute
-                   18: "ReduceMean <keepdims = 0> (feat, axes)"}  # axes as input (opset 18)
+REDUCE_BY_OPSET = {
+    17: "ReduceMean <axes = [1, 2], keepdims = 0> (feat)",  # axes as attribute
+    18: "ReduceMean <keepdims = 0> (feat, axes)",
+}  # axes as input (opset 18)
 
 
 @pytest.mark.parametrize("opset", [17, 18])
 def test_channels_last_map_is_found_and_read_by_channel(opset, parse, images, run):
     rng = np.random.default_rng(4)
-    weights = {"w1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-               "b1": rng.standard_normal(4).astype(np.float32),
-               "fc_w": rng.standard_normal((5, 4)).astype(np.float32),
-               "fc_b": rng.standard_normal(5).astype(np.float32)}
+    weights = {
+        "w1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "b1": rng.standard_normal(4).astype(np.float32),
+        "fc_w": rng.standard_normal((5, 4)).astype(np.float32),
+        "fc_b": rng.standard_normal(5).astype(np.float32),
+    }
     if opset >= 18:
         weights["axes"] = np.array([1, 2], np.int64)
     model = parse(NHWC_CNN.format(opset=opset, reduce=REDUCE_BY_OPSET[opset]), **weights)
@@ -211,7 +220,8 @@ def test_squeeze_excitation_pool_is_not_the_target(parse, images, run):
     """A pool whose output gates the map it came from is no head pool: with a Flatten + Gemm head the target
     is the last map the scores are a function of (the gated one), not the squeeze-excitation pool's input."""
     rng = np.random.default_rng(5)
-    model = parse("""
+    model = parse(
+        """
         <ir_version: 8, opset_import: ["" : 17]>
         se (float[N, 3, 8, 8] image) => (float[N, 5] logits)
         {
@@ -223,10 +233,14 @@ def test_squeeze_excitation_pool_is_not_the_target(parse, images, run):
            flat = Flatten (feat)
            logits = Gemm <transB = 1> (flat, fc_w, fc_b)
         }
-        """, w1=rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-        fc_w=rng.standard_normal((5, 256)).astype(np.float32), fc_b=np.zeros(5, np.float32))
+        """,
+        w1=rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        fc_w=rng.standard_normal((5, 256)).astype(np.float32),
+        fc_b=np.zeros(5, np.float32),
+    )
     head = xai_graph.insert(model, "activationmap", raw=True)
     assert head.metadata_props["xai_graph.target"] == "feat"
     feat = run(model, {"image": images}, extra=("feat",))["feat"]
-    np.testing.assert_allclose(run(head, {"image": images})["saliency_map"], mean_over(feat, (1,)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        run(head, {"image": images})["saliency_map"], mean_over(feat, (1,)), rtol=1e-5, atol=1e-6
+    )

@@ -20,10 +20,21 @@ MAX_LINES = 400
 
 # module prefix -> prefixes it must never import
 FORBIDDEN = {
-    "xai_graph.graph": ["xai_graph.methods", "xai_graph.explaining", "xai_graph.cli", "xai_graph.head",
-                        "xai_graph.report", "xai_graph.bench"],
-    "xai_graph.methods": ["xai_graph.explaining", "xai_graph.cli", "xai_graph.head", "xai_graph.report",
-                          "xai_graph.bench"],
+    "xai_graph.graph": [
+        "xai_graph.methods",
+        "xai_graph.explaining",
+        "xai_graph.cli",
+        "xai_graph.head",
+        "xai_graph.report",
+        "xai_graph.bench",
+    ],
+    "xai_graph.methods": [
+        "xai_graph.explaining",
+        "xai_graph.cli",
+        "xai_graph.head",
+        "xai_graph.report",
+        "xai_graph.bench",
+    ],
     "xai_graph.runtime": ["xai_graph.graph", "xai_graph.methods", "xai_graph.explaining", "xai_graph.head"],
     "xai_graph.explaining.render": ["xai_graph.graph", "xai_graph.methods", "xai_graph.head"],
     "xai_graph.files": ["xai_graph.graph", "xai_graph.methods", "xai_graph.explaining", "xai_graph.head"],
@@ -67,8 +78,9 @@ def test_imports_run_down_the_layers(module, path):
     assert "xai_graph" not in imported(path), f"{module} imports the package root; import the module it needs"
 
 
-@pytest.mark.parametrize("path", [p for _, p in modules()] + sorted((ROOT / "cli").glob("*.py")),
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path", [p for _, p in modules()] + sorted((ROOT / "cli").glob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_modules_stay_under_400_lines(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES
 
@@ -84,11 +96,13 @@ def _functions(blocks):
             yield from _functions(block.closures)
 
 
-@pytest.mark.parametrize("path", [p for _, p in modules()] + sorted((ROOT / "cli").glob("*.py")),
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path", [p for _, p in modules()] + sorted((ROOT / "cli").glob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_no_function_is_over_complexity_20(path):
     from radon.complexity import cc_visit
 
-    complex_ones = [f"{f.name} ({f.complexity})" for f in _functions(cc_visit(path.read_text()))
-                    if f.complexity > MAX_COMPLEXITY]
+    complex_ones = [
+        f"{f.name} ({f.complexity})" for f in _functions(cc_visit(path.read_text())) if f.complexity > MAX_COMPLEXITY
+    ]
     assert not complex_ones, f"split these: {complex_ones}"

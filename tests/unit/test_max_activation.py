@@ -46,8 +46,9 @@ def test_raw_map_is_the_channel_maximum(runtime, tiny_cnn, images, run, tmp_path
     if runtime == "onnxruntime":
         got = run(head, {"image": images})
     else:
-        compiled = ov.Core().compile_model(str(xai_graph.save_model(head, tmp_path / "m.onnx")), "CPU",
-                                           {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = ov.Core().compile_model(
+            str(xai_graph.save_model(head, tmp_path / "m.onnx")), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+        )
         result = compiled({"image": images})
         got = {port.get_any_name(): result[port] for port in compiled.outputs}
     assert got["saliency_map"].shape == (2, 8, 8)
@@ -64,8 +65,12 @@ def test_uint8_map_spans_0_to_255_per_image(tiny_cnn, images, run):
 
 def test_token_grid(parse, run):
     rng = np.random.default_rng(2)
-    model = parse(TOKENS, w1=rng.standard_normal((3, 6)).astype(np.float32),
-                  fc_w=rng.standard_normal((6, 5)).astype(np.float32), fc_b=rng.standard_normal(5).astype(np.float32))
+    model = parse(
+        TOKENS,
+        w1=rng.standard_normal((3, 6)).astype(np.float32),
+        fc_w=rng.standard_normal((6, 5)).astype(np.float32),
+        fc_b=rng.standard_normal(5).astype(np.float32),
+    )
     tokens = rng.standard_normal((2, 16, 3)).astype(np.float32)
     feat = run(model, {"x": tokens}, extra=("feat",))["feat"]  # [N, 16, 6]
     saliency = run(xai_graph.insert(model, "maxactivation", raw=True), {"x": tokens})["saliency_map"]

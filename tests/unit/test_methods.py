@@ -40,8 +40,9 @@ def position_mask(h: int, w: int, i: int, j: int, kind: str) -> np.ndarray:
     return mask
 
 
-def recipro_reference(feat: np.ndarray, fc_w: np.ndarray, fc_b: np.ndarray, kind: str = "gaussian",
-                      score: str = "logits") -> np.ndarray:
+def recipro_reference(
+    feat: np.ndarray, fc_w: np.ndarray, fc_b: np.ndarray, kind: str = "gaussian", score: str = "logits"
+) -> np.ndarray:
     """[N, K, h, w]: class k's score when the tail (GAP -> Gemm) runs on F masked at each position."""
     n, c, h, w = feat.shape
     out = np.zeros((n, fc_w.shape[0], h, w))
@@ -217,8 +218,11 @@ tokens (float[N, 16, 3] x) => (float[N, 5] logits)
 
 def token_model(parse):
     rng = np.random.default_rng(2)
-    weights = {"w1": rng.standard_normal((3, 6)).astype(np.float32), "fc_w": rng.standard_normal((6, 5)).astype(
-        np.float32), "fc_b": rng.standard_normal(5).astype(np.float32)}
+    weights = {
+        "w1": rng.standard_normal((3, 6)).astype(np.float32),
+        "fc_w": rng.standard_normal((6, 5)).astype(np.float32),
+        "fc_b": rng.standard_normal(5).astype(np.float32),
+    }
     tokens = rng.standard_normal((2, 16, 3)).astype(np.float32)
     return parse(TOKEN_MODEL, **weights), weights, tokens
 
@@ -260,8 +264,13 @@ linear (float[N, 4] x) => (float[N, 5] logits)
 @pytest.mark.parametrize("algo", ["activationmap", "eigencam", "classwisesaliencymap"])
 def test_a_model_without_a_spatial_map_is_refused_in_one_line(algo, parse):
     rng = np.random.default_rng(3)
-    model = parse(NO_MAP, w1=rng.standard_normal((8, 4)).astype(np.float32), b1=np.zeros(8, np.float32),
-                  fc_w=rng.standard_normal((5, 8)).astype(np.float32), fc_b=np.zeros(5, np.float32))
+    model = parse(
+        NO_MAP,
+        w1=rng.standard_normal((8, 4)).astype(np.float32),
+        b1=np.zeros(8, np.float32),
+        fc_w=rng.standard_normal((5, 8)).astype(np.float32),
+        fc_b=np.zeros(5, np.float32),
+    )
     with pytest.raises(xai_graph.XaiGraphError) as refused:
         xai_graph.insert(model, algo)
     message = str(refused.value)
@@ -269,17 +278,20 @@ def test_a_model_without_a_spatial_map_is_refused_in_one_line(algo, parse):
     assert "target_layer=NAME" in message  # says how to go on (as a keyword: the CLI words it as a flag)
 
 
-@pytest.mark.parametrize("algo, options", [
-    ("nosuchmethod", {}),
-    ("classwisesaliencymap", {"mask": "square"}),
-    ("classwisesaliencymap", {"score": "tanh"}),
-    ("classwisesaliencymap", {"top_k": 6}),
-    ("classwisesaliencymap", {"top_k": 0}),
-    ("classwisesaliencymap", {"top_k": 2, "score": "softmax"}),
-    ("activationmap", {"top_k": 2}),
-    ("activationmap", {"target_layer": "no_such_value"}),
-    ("activationmap", {"target_layer": "logits"}),
-])
+@pytest.mark.parametrize(
+    "algo, options",
+    [
+        ("nosuchmethod", {}),
+        ("classwisesaliencymap", {"mask": "square"}),
+        ("classwisesaliencymap", {"score": "tanh"}),
+        ("classwisesaliencymap", {"top_k": 6}),
+        ("classwisesaliencymap", {"top_k": 0}),
+        ("classwisesaliencymap", {"top_k": 2, "score": "softmax"}),
+        ("activationmap", {"top_k": 2}),
+        ("activationmap", {"target_layer": "no_such_value"}),
+        ("activationmap", {"target_layer": "logits"}),
+    ],
+)
 def test_bad_options_are_refused_in_one_line(algo, options, tiny_cnn):
     model, _ = tiny_cnn()
     with pytest.raises(xai_graph.XaiGraphError) as refused:

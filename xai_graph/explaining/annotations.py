@@ -190,8 +190,10 @@ def _read_voc_file(path: Path) -> tuple[str, list[Box]]:
         bndbox = element.find("bndbox")
         if bndbox is None:
             raise _error(path, f"object {number} ('{label}') has no <bndbox>")
-        corners = [_number(_voc_text(bndbox, tag, path, f"object {number}"), path, f"object {number} {tag}")
-                   for tag in ("xmin", "ymin", "xmax", "ymax")]
+        corners = [
+            _number(_voc_text(bndbox, tag, path, f"object {number}"), path, f"object {number} {tag}")
+            for tag in ("xmin", "ymin", "xmax", "ymax")
+        ]
         boxes.append(_box(path, label, corners))
     return name, boxes
 
@@ -212,12 +214,13 @@ def _yaml_names(text: str, path: Path) -> list[str]:
         if match.group(1).startswith("["):
             return [_unquote(name) for name in match.group(1).strip("[]").split(",") if name.strip()]
         names: dict[int, str] = {}
-        for entry in lines[index + 1:]:
+        for entry in lines[index + 1 :]:
             item = re.match(r"\s*(?:-\s*(.*)|([0-9]+)\s*:\s*(.*))$", entry)
             if not item:
                 break
             names[len(names) if item.group(1) is not None else int(item.group(2))] = _unquote(
-                item.group(1) if item.group(1) is not None else item.group(3))
+                item.group(1) if item.group(1) is not None else item.group(3)
+            )
         if not names or sorted(names) != list(range(len(names))):
             raise _error(path, "names: is not a [list], a block list or a map numbering the classes 0, 1, 2, ...")
         return [names[number] for number in range(len(names))]
@@ -240,8 +243,11 @@ def _image_size(path: Path, image_sizes: Callable[[str], tuple[int, int]]) -> tu
         size = image_sizes(path.stem)
     except (LookupError, OSError) as err:
         raise _error(path, f"no image size for '{path.stem}' ({err})") from None
-    if not (isinstance(size, tuple) and len(size) == 2
-            and all(isinstance(side, numbers.Integral) and side > 0 for side in size)):
+    if not (
+        isinstance(size, tuple)
+        and len(size) == 2
+        and all(isinstance(side, numbers.Integral) and side > 0 for side in size)
+    ):
         raise _error(path, f"image size for '{path.stem}' is not (width, height) in pixels: {size!r}")
     return int(size[0]), int(size[1])
 
@@ -260,8 +266,9 @@ def _yolo_line(path: Path, number: int, line: str, names: list[str], size: tuple
     return _box(path, names[int(fields[0])], corners, number)
 
 
-def _read_yolo_folder(folder: Path, label_files: list[Path],
-                      image_sizes: Callable[[str], tuple[int, int]] | None) -> dict[str, list[Box]]:
+def _read_yolo_folder(
+    folder: Path, label_files: list[Path], image_sizes: Callable[[str], tuple[int, int]] | None
+) -> dict[str, list[Box]]:
     if image_sizes is None:
         raise _error(folder, "YOLO boxes are relative to the image size; pass image_sizes")
     names = _yolo_class_names(folder)
@@ -269,8 +276,9 @@ def _read_yolo_folder(folder: Path, label_files: list[Path],
     for path in label_files:
         lines = _read_text(path).splitlines()
         size = _image_size(path, image_sizes) if any(line.strip() for line in lines) else (1, 1)
-        boxes = [_yolo_line(path, number, line, names, size)
-                 for number, line in enumerate(lines, start=1) if line.strip()]
+        boxes = [
+            _yolo_line(path, number, line, names, size) for number, line in enumerate(lines, start=1) if line.strip()
+        ]
         _add_image(result, path, path.stem, boxes)
     return result
 
@@ -295,8 +303,9 @@ def _read_folder(folder: Path, image_sizes: Callable[[str], tuple[int, int]] | N
     return result
 
 
-def read_annotations(path: str | os.PathLike,
-                     image_sizes: Callable[[str], tuple[int, int]] | None = None) -> dict[str, list[Box]]:
+def read_annotations(
+    path: str | os.PathLike, image_sizes: Callable[[str], tuple[int, int]] | None = None
+) -> dict[str, list[Box]]:
     """Image file name (stem for YOLO) -> its boxes, from a COCO .json, a VOC .xml or a VOC/YOLO folder;
     `image_sizes(stem)` -> (width, height) is needed for YOLO only."""
     path = Path(path)

@@ -25,8 +25,9 @@ class ResultEncoder(ResultWriter):
         super().__init__(folder, overwrite=True, alpha=alpha, raw=raw, image_format=image_format)
         self._current = threading.local()
 
-    def encode(self, image_path, image: np.ndarray, explanation: Explanation,
-               input_size: tuple[int, int]) -> tuple[dict, list[tuple[str, bytes]]]:
+    def encode(
+        self, image_path, image: np.ndarray, explanation: Explanation, input_size: tuple[int, int]
+    ) -> tuple[dict, list[tuple[str, bytes]]]:
         """(record, [(file name, bytes)...]) of one image, as `add` would write them."""
         self._current.files, self._current.record = [], None
         self.add(image_path, image, explanation, input_size)

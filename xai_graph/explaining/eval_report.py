@@ -23,6 +23,7 @@ from xai_graph.explaining.images import read_image
 
 METRICS = "metrics.json"
 
+
 def _cell(triple, digits: int = 3) -> str:
     mean, low, high = triple
     return "-" if math.isnan(mean) else f"{mean:.{digits}f} <small>[{low:.{digits}f}, {high:.{digits}f}]</small>"
@@ -33,16 +34,20 @@ def _number(value: float, digits: int = 3) -> str:
 
 
 def _summary(rows: list[dict]) -> str:
-    head = ("<tr><th>rank</th><th>method</th><th>pointing game</th><th>deletion AUC (lower is better)</th>"
-            "<th>insertion AUC</th><th>ADCC</th><th>sanity: Spearman after 1..N layers re-drawn</th></tr>")
+    head = (
+        "<tr><th>rank</th><th>method</th><th>pointing game</th><th>deletion AUC (lower is better)</th>"
+        "<th>insertion AUC</th><th>ADCC</th><th>sanity: Spearman after 1..N layers re-drawn</th></tr>"
+    )
     body = []
     for row in sorted(rows, key=lambda r: r["rank"]):
         pointing = f"{_cell(row['pointing_game'], 2)} (n={row['pointing_cases']})" if row["pointing_cases"] else "-"
         flag = sanity_flag(row)
         sanity = " / ".join(f"{v:.2f}" for v in row["sanity"]) or "-"
-        body.append(f"<tr><td>{row['rank']}</td><td>{html.escape(row['method'])}</td><td>{pointing}</td>"
-                    f"<td>{_cell(row['deletion'])}</td><td>{_cell(row['insertion'])}</td><td>{_cell(row['adcc'])}</td>"
-                    f"<td>{sanity}{' <b>(!) ' + html.escape(flag) + '</b>' if flag else ''}</td></tr>")
+        body.append(
+            f"<tr><td>{row['rank']}</td><td>{html.escape(row['method'])}</td><td>{pointing}</td>"
+            f"<td>{_cell(row['deletion'])}</td><td>{_cell(row['insertion'])}</td><td>{_cell(row['adcc'])}</td>"
+            f"<td>{sanity}{' <b>(!) ' + html.escape(flag) + '</b>' if flag else ''}</td></tr>"
+        )
     return f"<table>{head}{''.join(body)}</table>"
 
 
@@ -50,8 +55,12 @@ def _scores_text(scores) -> str:
     if scores.error:
         return f"failed: {html.escape(scores.error)}"
     hits = ", ".join(f"{html.escape(k)}: {'hit' if v else 'miss'}" for k, v in scores.pointing.items())
-    parts = [f"{html.escape(scores.label)} {scores.score:.2f}", f"deletion {_number(scores.deletion)}",
-             f"insertion {_number(scores.insertion)}", f"ADCC {_number(scores.adcc)}"]
+    parts = [
+        f"{html.escape(scores.label)} {scores.score:.2f}",
+        f"deletion {_number(scores.deletion)}",
+        f"insertion {_number(scores.insertion)}",
+        f"ADCC {_number(scores.adcc)}",
+    ]
     if hits:
         parts.append(f"pointing: {hits}")
     if scores.sanity:
@@ -71,8 +80,10 @@ def eval_html(title: str, rows: list[dict], reports: list[MethodReport], overlay
             scores = report.images[index]
             src = overlays.get(report.algo, {}).get(image)
             picture = f'<img src="{html.escape(src)}" alt="{html.escape(src)}" loading="lazy">' if src else ""
-            figures.append(f"<figure>{picture}<figcaption><b>{html.escape(report.method)}</b><br>"
-                           f"{_scores_text(scores)}</figcaption></figure>")
+            figures.append(
+                f"<figure>{picture}<figcaption><b>{html.escape(report.method)}</b><br>"
+                f"{_scores_text(scores)}</figcaption></figure>"
+            )
         name = html.escape(image.rsplit("/", 1)[-1])
         sections.append(f"<section><h2>{name}</h2><div class=figs>{''.join(figures)}</div></section>")
     return f"""<!doctype html>
@@ -93,15 +104,22 @@ curve). ADCC: harmonic mean of coherency, 1 - complexity and 1 - average drop. S
 alike when the model's last layers are re-drawn (Spearman close to 1) does not explain the model.
 Intervals: 95% for the mean over images.</p>
 {_summary(rows)}
-{f'<p>Not evaluated:</p><ul>{skipped}</ul>' if skipped else ''}
+{f"<p>Not evaluated:</p><ul>{skipped}</ul>" if skipped else ""}
 {JET_LEGEND}
-{''.join(sections)}
+{"".join(sections)}
 </body></html>
 """
 
 
-def write_evaluation(model: Path, paths: list[Path], outdir: Path, algos: list[str], settings: EvalSettings,
-                     boxes: dict[str, list[Box]] | None = None, progress=None) -> tuple[list[dict], Path]:
+def write_evaluation(
+    model: Path,
+    paths: list[Path],
+    outdir: Path,
+    algos: list[str],
+    settings: EvalSettings,
+    boxes: dict[str, list[Box]] | None = None,
+    progress=None,
+) -> tuple[list[dict], Path]:
     """Evaluate, write each method's explain gallery into OUTDIR/<algo>/, then metrics.json and index.html.
 
     Returns the summary rows and the report page."""
@@ -121,12 +139,22 @@ def write_evaluation(model: Path, paths: list[Path], outdir: Path, algos: list[s
             for algo, writer in writers.items():
                 writer.finish({"model": str(model), "algorithm": algo, "runtime": settings.runtime})
                 writer.close()
-        overlays = {algo: {image: f"{safe_name(algo)}/{name}" for image, record in writer.records.items()
-                           for name in record["files"] if "_overlay." in name}
-                    for algo, writer in writers.items()}
+        overlays = {
+            algo: {
+                image: f"{safe_name(algo)}/{name}"
+                for image, record in writer.records.items()
+                for name in record["files"]
+                if "_overlay." in name
+            }
+            for algo, writer in writers.items()
+        }
         rows = summary_rows(reports)
-        metrics_json = {"model": str(model), "settings": asdict(settings), "summary": rows,
-                        "methods": [r.to_dict() for r in reports]}
+        metrics_json = {
+            "model": str(model),
+            "settings": asdict(settings),
+            "summary": rows,
+            "methods": [r.to_dict() for r in reports],
+        }
         check_writes_spare_reads([outdir / METRICS, outdir / INDEX], protected)
         write_atomically(outdir / METRICS, json.dumps(metrics_json, indent=2, default=_json_number).encode())
         title = f"xai-graph eval: {model.name}"

@@ -87,9 +87,15 @@ class _Prepared:
 Render = Callable[[str, Path, np.ndarray, Explanation, tuple[int, int]], None]
 
 
-def evaluate(model: str | Path, paths: Sequence[Path], algos: Sequence[str], settings: EvalSettings = EvalSettings(),
-             boxes: dict[str, list[Box]] | None = None, progress: Callable[[int], None] | None = None,
-             render: Render | None = None) -> list[MethodReport]:
+def evaluate(
+    model: str | Path,
+    paths: Sequence[Path],
+    algos: Sequence[str],
+    settings: EvalSettings = EvalSettings(),
+    boxes: dict[str, list[Box]] | None = None,
+    progress: Callable[[int], None] | None = None,
+    render: Render | None = None,
+) -> list[MethodReport]:
     """Score every method on every image; a method that does not apply is reported as skipped.
 
     `render(algo, path, image, explanation, input_size)`, if given, receives each explained image (to write
@@ -104,8 +110,9 @@ def evaluate(model: str | Path, paths: Sequence[Path], algos: Sequence[str], set
 
 
 def _evaluate_method(model: Path, paths, algo, settings, boxes, progress, render) -> MethodReport:
-    with Explainer(model, runtime=settings.runtime, algo=algo, raw=True, full_head=True,
-                   top_k=POINTING_TOP_K) as explainer:
+    with Explainer(
+        model, runtime=settings.runtime, algo=algo, raw=True, full_head=True, top_k=POINTING_TOP_K
+    ) as explainer:
         if explainer.task == "detection":
             raise XaiGraphError("eval is for classifiers; detectors are not supported yet")
         plain = open_model(model, settings.runtime) if explainer.instrumented_here else explainer.session
@@ -136,12 +143,14 @@ def _prepare(explainer: Explainer, path: Path) -> _Prepared:
 
 def _input_map(explainer: Explainer, explanation: Explanation, class_id: int) -> np.ndarray:
     """The class's map at the model's input size (float32), bilinear as the map is rendered."""
-    return cv2.resize(explanation.map_for(class_id).astype(np.float32), explainer.input_size,
-                      interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(
+        explanation.map_for(class_id).astype(np.float32), explainer.input_size, interpolation=cv2.INTER_LINEAR
+    )
 
 
-def _score_image(explainer: Explainer, plain, item: _Prepared, settings: EvalSettings,
-                 boxes: dict[str, list[Box]]) -> ImageScores:
+def _score_image(
+    explainer: Explainer, plain, item: _Prepared, settings: EvalSettings, boxes: dict[str, list[Box]]
+) -> ImageScores:
     explanation = item.explanation
     best = explanation.top[0]
     result = ImageScores(str(item.path), best.id, best.label, best.score)
@@ -152,16 +161,17 @@ def _score_image(explainer: Explainer, plain, item: _Prepared, settings: EvalSet
     return result
 
 
-def _curves(explainer: Explainer, plain, item: _Prepared, saliency: np.ndarray, settings: EvalSettings,
-            best) -> tuple[float, float]:
+def _curves(
+    explainer: Explainer, plain, item: _Prepared, saliency: np.ndarray, settings: EvalSettings, best
+) -> tuple[float, float]:
     """Deletion and insertion AUC. The curves share their ends (the image, whose score the explain run gave,
     and the baseline), so 2 * steps - 1 perturbed copies run, not 2 * (steps + 1)."""
     baseline = metrics.baseline_image(item.fitted, settings.baseline)
     deleting = metrics.perturbed_batch(item.fitted, baseline, saliency, settings.steps, "deletion")
     inserting = metrics.perturbed_batch(item.fitted, baseline, saliency, settings.steps, "insertion")
     scores = _class_probabilities(explainer, plain, np.concatenate([deleting[1:], inserting[1:-1]]), best.id)
-    deletion = [best.score, *scores[:settings.steps]]  # ends with the baseline's score
-    insertion = [deletion[-1], *scores[settings.steps:], best.score]
+    deletion = [best.score, *scores[: settings.steps]]  # ends with the baseline's score
+    insertion = [deletion[-1], *scores[settings.steps :], best.score]
     return metrics.auc(deletion), metrics.auc(insertion)
 
 
@@ -176,8 +186,13 @@ def _pointing(explainer: Explainer, item: _Prepared, boxes, tolerance: float) ->
     for label, class_id in ids.items():
         if class_id not in top:
             continue  # the model does not see this class here: nothing to point at
-        on_image, inside = map_to_image(item.explanation.map_for(class_id), item.explanation.placement,
-                                        explainer.input_size, item.image.shape, (width, height))
+        on_image, inside = map_to_image(
+            item.explanation.map_for(class_id),
+            item.explanation.placement,
+            explainer.input_size,
+            item.image.shape,
+            (width, height),
+        )
         on_image[~inside] = on_image.min()  # outside a centre crop the model saw nothing
         label_boxes = [(b.x1, b.y1, b.x2, b.y2) for b in annotated if b.label == label]
         hits[label] = metrics.pointing_game(on_image, label_boxes, tolerance)
@@ -201,16 +216,17 @@ def _class_probabilities(explainer: Explainer, session, images: np.ndarray, clas
     step = explainer.max_batch or 16
     found = []
     for start in range(0, len(tensors), step):
-        chunk = tensors[start:start + step]
+        chunk = tensors[start : start + step]
         batch = np.stack(chunk + [chunk[-1]] * ((explainer.max_batch or len(chunk)) - len(chunk)))
         scores = session({explainer.input_name: batch})[explainer.scores_name]
-        scores = scores.reshape(len(scores), -1)[:len(chunk)]
+        scores = scores.reshape(len(scores), -1)[: len(chunk)]
         found += [float(explainer.probabilities(s)[class_id]) for s in scores]
     return found
 
 
-def _sanity(model: Path, algo: str, settings: EvalSettings, prepared: list[_Prepared],
-            scores: list[ImageScores]) -> None:
+def _sanity(
+    model: Path, algo: str, settings: EvalSettings, prepared: list[_Prepared], scores: list[ImageScores]
+) -> None:
     """Spearman between each map and the map of copies with the last 1..N weighted layers re-drawn."""
     if not prepared or settings.sanity_layers < 1:
         return
@@ -249,13 +265,19 @@ def summary_rows(reports: list[MethodReport]) -> list[dict]:
             continue
         good = [s for s in report.images if s.error is None]
         hits = [float(h) for s in good for h in s.pointing.values()]
-        row = {"algo": report.algo, "method": report.method, "images": len(good),
-               "pointing_game": _within_unit(metrics.mean_interval(hits)), "pointing_cases": len(hits)}
+        row = {
+            "algo": report.algo,
+            "method": report.method,
+            "images": len(good),
+            "pointing_game": _within_unit(metrics.mean_interval(hits)),
+            "pointing_cases": len(hits),
+        }
         for name in ("deletion", "insertion", "average_drop", "coherency", "complexity", "adcc"):
             row[name] = _within_unit(metrics.mean_interval([getattr(s, name) for s in good]))
         depth = max((len(s.sanity) for s in good), default=0)
-        row["sanity"] = [metrics.mean_interval([s.sanity[i] for s in good if len(s.sanity) > i])[0]
-                         for i in range(depth)]
+        row["sanity"] = [
+            metrics.mean_interval([s.sanity[i] for s in good if len(s.sanity) > i])[0] for i in range(depth)
+        ]
         rows.append(row)
     _rank(rows)
     return rows
@@ -287,25 +309,31 @@ def _rank(rows: list[dict]) -> None:
 def sanity_flag(row: dict, threshold: float = 0.5) -> str:
     """'' when the maps change with the weights; a warning when even the deepest randomisation leaves them alike."""
     if row["sanity"] and row["sanity"][-1] > threshold:
-        return (f"maps barely depend on the weights (Spearman {row['sanity'][-1]:.2f} after re-drawing the last "
-                f"{len(row['sanity'])} layers)")
+        return (
+            f"maps barely depend on the weights (Spearman {row['sanity'][-1]:.2f} after re-drawing the last "
+            f"{len(row['sanity'])} layers)"
+        )
     return ""
-
 
 
 def format_table(rows: list[dict]) -> str:
     """The console table: mean [95% interval] per metric, best rank first."""
+
     def cell(triple, digits=3):
         mean, low, high = triple
         return "-" if np.isnan(mean) else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
     width = max([24, *(len(r["method"]) + 2 for r in rows)])
-    lines = [f"{'rank':<5}{'method':<{width}}{'pointing game':<26}{'deletion (lower better)':<26}"
-             f"{'insertion':<26}{'ADCC':<26}sanity (Spearman, 1..N layers re-drawn)"]
+    lines = [
+        f"{'rank':<5}{'method':<{width}}{'pointing game':<26}{'deletion (lower better)':<26}"
+        f"{'insertion':<26}{'ADCC':<26}sanity (Spearman, 1..N layers re-drawn)"
+    ]
     for row in sorted(rows, key=lambda r: r["rank"]):
         pointing = f"{cell(row['pointing_game'], 2)} n={row['pointing_cases']}" if row["pointing_cases"] else "-"
         sanity = " / ".join(f"{v:.2f}" for v in row["sanity"]) or "-"
         flag = sanity_flag(row)
-        lines.append(f"{row['rank']:<5}{row['method']:<{width}}{pointing:<26}{cell(row['deletion']):<26}"
-                     f"{cell(row['insertion']):<26}{cell(row['adcc']):<26}{sanity}{'  (!) ' + flag if flag else ''}")
+        lines.append(
+            f"{row['rank']:<5}{row['method']:<{width}}{pointing:<26}{cell(row['deletion']):<26}"
+            f"{cell(row['insertion']):<26}{cell(row['adcc']):<26}{sanity}{'  (!) ' + flag if flag else ''}"
+        )
     return "\n".join(lines)

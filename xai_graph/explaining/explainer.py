@@ -83,9 +83,13 @@ def _onnx_facts(model: ir.Model) -> ModelFacts:
     graph = model.graph
     return ModelFacts(
         dict(model.metadata_props),
-        {v.name: [_static(d) for d in v.shape] if v.shape is not None else [] for v in graph.inputs
-         if not v.is_initializer()},
-        {o.name: (tuple(_static(d) for d in o.shape or ()), o.dtype in _INTEGER_TYPES) for o in graph.outputs})
+        {
+            v.name: [_static(d) for d in v.shape] if v.shape is not None else []
+            for v in graph.inputs
+            if not v.is_initializer()
+        },
+        {o.name: (tuple(_static(d) for d in o.shape or ()), o.dtype in _INTEGER_TYPES) for o in graph.outputs},
+    )
 
 
 def _ir_facts(path: Path) -> ModelFacts:
@@ -126,11 +130,23 @@ class Explainer:
     `full_head=True` keeps a map for every class (evaluation reads maps of other classes).
     """
 
-    def __init__(self, model: str | os.PathLike, runtime: str = "onnxruntime", device: str = "CPU",
-                 algo: str | None = None, classes: str = "predicted", top_k: int = 5, raw: bool = False,
-                 size: tuple[int, int] | None = None, threads: int | None = None,
-                 box_threshold: float = 0.5, precision: str = "f32", full_head: bool = False,
-                 labels: list[str] | None = None, **preprocessing):
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        runtime: str = "onnxruntime",
+        device: str = "CPU",
+        algo: str | None = None,
+        classes: str = "predicted",
+        top_k: int = 5,
+        raw: bool = False,
+        size: tuple[int, int] | None = None,
+        threads: int | None = None,
+        box_threshold: float = 0.5,
+        precision: str = "f32",
+        full_head: bool = False,
+        labels: list[str] | None = None,
+        **preprocessing,
+    ):
         if runtime not in RUNTIMES:
             raise XaiGraphError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.source = Path(model)
@@ -140,8 +156,9 @@ class Explainer:
         else:
             # Rendering only the predicted classes needs the best few maps only: a top-k head is cheaper.
             head_top_k = max(5, top_k) if classes == "predicted" and not full_head else None
-            graph_model, self.model_path, self.instrumented_here = self._instrumented(self.source, algo, raw,
-                                                                                      head_top_k)
+            graph_model, self.model_path, self.instrumented_here = self._instrumented(
+                self.source, algo, raw, head_top_k
+            )
             facts = _onnx_facts(graph_model)
         self.runtime = runtime
         self.metadata = facts.metadata
@@ -150,8 +167,9 @@ class Explainer:
             self.info.labels = list(labels)
         self.algo = self.metadata.get("xai_graph.algorithm", algo or "?")
         openvino_options = {"device": device, "precision": precision} if runtime == "openvino" else {}
-        self.session = open_model(self.model_path, runtime, **openvino_options,
-                                  **({"threads": threads} if threads else {}))
+        self.session = open_model(
+            self.model_path, runtime, **openvino_options, **({"threads": threads} if threads else {})
+        )
         self.input_name = self.session.input_names[0]
         self.task = self.metadata.get("xai_graph.task", "classification")
         self.scores_name = self.metadata.get("xai_graph.scores") or self.session.output_names[0]
@@ -159,9 +177,16 @@ class Explainer:
         if self.task == "detection":  # per-class best detection scores: probabilities, several classes at once
             self.scores_name, self.scores_activation = DETECTION_CLASS_SCORES, "Sigmoid"
         self.box_threshold = box_threshold
-        self.detection_layout = find_layout({
-            name: (tuple(-1 if d is None else d for d in dims), integer)
-            for name, (dims, integer) in facts.outputs.items()}) if self.task == "detection" else None
+        self.detection_layout = (
+            find_layout(
+                {
+                    name: (tuple(-1 if d is None else d for d in dims), integer)
+                    for name, (dims, integer) in facts.outputs.items()
+                }
+            )
+            if self.task == "detection"
+            else None
+        )
         self.preprocessing, self.max_batch = self._preprocessing(facts.inputs[self.input_name], size, preprocessing)
         self.class_selection = classes
         self.top_k = top_k
@@ -171,14 +196,17 @@ class Explainer:
             self.parse_classes(classes, self.num_classes or 2**31)
 
     # -- set-up ----------------------------------------------------------------
-    def _instrumented(self, source: Path, algo: str | None, raw: bool,
-                      top_k: int | None) -> tuple[ir.Model, Path, bool]:
+    def _instrumented(
+        self, source: Path, algo: str | None, raw: bool, top_k: int | None
+    ) -> tuple[ir.Model, Path, bool]:
         """The model with a head: the source itself, or a copy instrumented in a temporary folder."""
         model = load_model(source)
         if SALIENCY_MAP in [o.name for o in model.graph.outputs]:
             if algo and model.metadata_props.get("xai_graph.algorithm") not in (None, algo):
-                raise XaiGraphError(f"{source} already has a saliency_map head of another algorithm; "
-                                    "re-insert it with `xai-graph insert --replace`")
+                raise XaiGraphError(
+                    f"{source} already has a saliency_map head of another algorithm; "
+                    "re-insert it with `xai-graph insert --replace`"
+                )
             return model, source, False
         algo = algo or "classwisesaliencymap"
         class_wise = method_for(algo, "classification").class_wise
@@ -217,16 +245,20 @@ class Explainer:
         height, width = (dims[1], dims[2]) if layout == "NHWC" else (dims[2], dims[3])
         if size:
             if (width, height) not in ((None, None), size):
-                raise XaiGraphError(f"--size {size[0]}x{size[1]}: input '{self.input_name}' is fixed at "
-                                    f"{width or '?'}x{height or '?'} (WxH); --size is for inputs of dynamic size")
+                raise XaiGraphError(
+                    f"--size {size[0]}x{size[1]}: input '{self.input_name}' is fixed at "
+                    f"{width or '?'}x{height or '?'} (WxH); --size is for inputs of dynamic size"
+                )
             width, height = size
             check_input_dims(self.input_name, [1, 3, height, width])
         if not width or not height:
             raise XaiGraphError(f"input '{self.input_name}' has a dynamic size; pass --size WxH")
         base = Preprocessing(width=width, height=height, layout=layout)
         flags = {key for key, value in overrides.items() if value is not None}
-        self.preprocessing_source = {key: "flag" if key in flags else "model" if key in self.info.preprocessing
-                                     else "default" for key in ("mean", "scale", "rgb", "resize")}
+        self.preprocessing_source = {
+            key: "flag" if key in flags else "model" if key in self.info.preprocessing else "default"
+            for key in ("mean", "scale", "rgb", "resize")
+        }
         base = base.with_overrides(**self.info.preprocessing)
         return base.with_overrides(**overrides), dims[0]
 
@@ -262,7 +294,7 @@ class Explainer:
         step = self.max_batch or len(tensors)
         results = []
         for start in range(0, len(tensors), step):
-            chunk = tensors[start:start + step]
+            chunk = tensors[start : start + step]
             batch = np.stack(chunk)
             if self.max_batch and len(chunk) < self.max_batch:  # a static batch: pad, then drop the padding
                 batch = np.concatenate([batch, np.repeat(batch[-1:], self.max_batch - len(chunk), axis=0)])
@@ -271,23 +303,29 @@ class Explainer:
             # A detector explained with activationmap has no class scores: no predictions, one map.
             scores = outputs.get(self.scores_name, np.zeros((len(chunk), 0), np.float32))
             scores = scores.reshape(len(scores), -1)  # [B, K, 1, 1] and [B, 1, 1, K] (1x1-conv classifiers) too
-            detections = [read_detections(outputs, self.detection_layout, i) if self.detection_layout else None
-                          for i in range(len(chunk))]
-            results += [ModelOutput(*parts) for parts in zip(scores[:len(chunk)], outputs[SALIENCY_MAP][:len(chunk)],
-                                                             classes, detections)]
+            detections = [
+                read_detections(outputs, self.detection_layout, i) if self.detection_layout else None
+                for i in range(len(chunk))
+            ]
+            results += [
+                ModelOutput(*parts)
+                for parts in zip(scores[: len(chunk)], outputs[SALIENCY_MAP][: len(chunk)], classes, detections)
+            ]
         return results
 
     def explain(self, images: list[np.ndarray]) -> list[Explanation]:
         prepared = [self.preprocessing(image) for image in images]
         outputs = self.run([tensor for tensor, _ in prepared])
-        return [self.describe(output, placement, image.shape)
-                for output, (_, placement), image in zip(outputs, prepared, images)]
+        return [
+            self.describe(output, placement, image.shape)
+            for output, (_, placement), image in zip(outputs, prepared, images)
+        ]
 
     def describe(self, output: ModelOutput, placement: Placement, image_shape: tuple[int, ...]) -> Explanation:
         probabilities = self.probabilities(output.scores)
         order = np.argsort(-probabilities, kind="stable")
         as_class = lambda i: ClassScore(int(i), self.label(int(i)), float(probabilities[i]))  # noqa: E731
-        top = [as_class(i) for i in order[:self.top_k]]
+        top = [as_class(i) for i in order[: self.top_k]]
         selected, not_rendered = [], []
         map_classes = None if output.map_classes is None else [int(c) for c in output.map_classes]
         detections = None
@@ -302,8 +340,9 @@ class Explainer:
                     not_rendered = [as_class(c) for c in chosen if c not in map_classes]
                 chosen = map_classes if self.class_selection == "all" else [c for c in chosen if c in map_classes]
             selected = [as_class(i) for i in chosen]
-        return Explanation(top, selected, output.saliency, placement, tuple(image_shape), map_classes, detections,
-                           not_rendered)
+        return Explanation(
+            top, selected, output.saliency, placement, tuple(image_shape), map_classes, detections, not_rendered
+        )
 
     @property
     def multilabel(self) -> bool:
@@ -341,4 +380,3 @@ class Explainer:
             else:
                 raise XaiGraphError(f"--classes: {item!r} is neither a class id below {num_classes} nor a label")
         return list(dict.fromkeys(chosen))
-

@@ -28,10 +28,23 @@ import numpy as np
 
 from xai_graph.errors import XaiGraphError
 from xai_graph.explaining.explainer import Explanation
-from xai_graph.files import (FolderLock, check_writes_spare_reads, inode, remove_stale_parts, staged_file,
-                             write_atomically)
-from xai_graph.explaining.render import (colorize, encode_image, map_to_image_u8, overlay, render_size, scale_raw,
-                                         to_uint8)
+from xai_graph.files import (
+    FolderLock,
+    check_writes_spare_reads,
+    inode,
+    remove_stale_parts,
+    staged_file,
+    write_atomically,
+)
+from xai_graph.explaining.render import (
+    colorize,
+    encode_image,
+    map_to_image_u8,
+    overlay,
+    render_size,
+    scale_raw,
+    to_uint8,
+)
 
 PREDICTIONS = "predictions.json"
 INDEX = "index.html"
@@ -56,8 +69,15 @@ class ResultWriter:
     Input files (`protected`) are never replaced, even with `overwrite`.
     """
 
-    def __init__(self, outdir: str | os.PathLike, overwrite: bool = False, alpha: float = 0.5, raw: bool = False,
-                 image_format: str = DEFAULT_IMAGE_FORMAT, protected: Iterable[Path] = ()):
+    def __init__(
+        self,
+        outdir: str | os.PathLike,
+        overwrite: bool = False,
+        alpha: float = 0.5,
+        raw: bool = False,
+        image_format: str = DEFAULT_IMAGE_FORMAT,
+        protected: Iterable[Path] = (),
+    ):
         if image_format not in IMAGE_FORMATS:
             raise XaiGraphError(f"unknown image format {image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}")
         self.ext = image_format
@@ -171,8 +191,14 @@ class ResultWriter:
                     (self.root / name).unlink()
             raise
 
-    def _add(self, image_path: Path, image: np.ndarray, explanation: Explanation, input_size: tuple[int, int],
-             files: list[str]) -> dict:
+    def _add(
+        self,
+        image_path: Path,
+        image: np.ndarray,
+        explanation: Explanation,
+        input_size: tuple[int, int],
+        files: list[str],
+    ) -> dict:
         stem = safe_name(image_path.stem)
         decoded_shape = explanation.image_shape
         size = render_size(decoded_shape)
@@ -197,8 +223,13 @@ class ResultWriter:
                 draw_detections(blended, boxes, size[0] / decoded_shape[1])
             files.append(self._write_image(f"{stem}{_part(class_id, label)}_overlay.{self.ext}", blended))
             overlays.append(files[-1])
-        record = {"image": str(image_path), "top": [vars(c) for c in explanation.top],
-                  "explained": [vars(c) for c in explained], "files": files, "error": None}
+        record = {
+            "image": str(image_path),
+            "top": [vars(c) for c in explanation.top],
+            "explained": [vars(c) for c in explained],
+            "files": files,
+            "error": None,
+        }
         if explanation.class_wise:  # which overlay shows which class, for the gallery's captions
             record["overlays"] = [{**vars(c), "file": f} for c, f in zip(explained, overlays)]
         if explanation.detections is not None:
@@ -263,16 +294,21 @@ def _part(class_id: int | None, label: str | None) -> str:
 
 
 # OpenCV's JET as a CSS gradient: the legend of every overlay (low = blue, high = red).
-JET_LEGEND = ('<div class="legend"><span>low</span><div class="jet"></div><span>high</span> '
-              "saliency (JET colour map)</div>")
-JET_CSS = (".legend { display: flex; align-items: center; gap: 0.5em; font-size: 0.85em; margin: 0.5em 0; }\n"
-           ".jet { width: 240px; height: 12px; border: 1px solid #999; background: linear-gradient(to right, "
-           "#00007f, #0000ff, #007fff, #00ffff, #7fff7f, #ffff00, #ff7f00, #ff0000, #7f0000); }\n")
+JET_LEGEND = (
+    '<div class="legend"><span>low</span><div class="jet"></div><span>high</span> saliency (JET colour map)</div>'
+)
+JET_CSS = (
+    ".legend { display: flex; align-items: center; gap: 0.5em; font-size: 0.85em; margin: 0.5em 0; }\n"
+    ".jet { width: 240px; height: 12px; border: 1px solid #999; background: linear-gradient(to right, "
+    "#00007f, #0000ff, #007fff, #00ffff, #7fff7f, #ffff00, #ff7f00, #ff0000, #7f0000); }\n"
+)
 
 
 def _figure(file: str, caption: str) -> str:
-    return (f'<figure><img src="{html.escape(file)}" alt="{html.escape(file)}" loading="lazy">'
-            f"<figcaption>{caption}</figcaption></figure>")
+    return (
+        f'<figure><img src="{html.escape(file)}" alt="{html.escape(file)}" loading="lazy">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
 
 
 def _image_section(record: dict) -> str:
@@ -280,13 +316,17 @@ def _image_section(record: dict) -> str:
     if record["error"]:
         return f'<section class="failed"><h2>{name}</h2><p>failed: {html.escape(record["error"])}</p></section>'
     explained = {c["id"] for c in record["explained"]}
-    top = "".join(f"<li{' class=explained' if c['id'] in explained else ''}>{html.escape(c['label'])} "
-                  f"<span>{c['score']:.3f}</span>{' &#9733; explained' if c['id'] in explained else ''}</li>"
-                  for c in record["top"])
+    top = "".join(
+        f"<li{' class=explained' if c['id'] in explained else ''}>{html.escape(c['label'])} "
+        f"<span>{c['score']:.3f}</span>{' &#9733; explained' if c['id'] in explained else ''}</li>"
+        for c in record["top"]
+    )
     figures = [_figure(f, "image") for f in record["files"] if f.endswith("_image.jpg")]
     if "overlays" in record:  # best score first, each captioned with its class and score
-        figures += [_figure(o["file"], f"{html.escape(o['label'])} <b>{o['score']:.3f}</b>")
-                    for o in sorted(record["overlays"], key=lambda o: -o["score"])]
+        figures += [
+            _figure(o["file"], f"{html.escape(o['label'])} <b>{o['score']:.3f}</b>")
+            for o in sorted(record["overlays"], key=lambda o: -o["score"])
+        ]
     else:  # a class-agnostic map (or a record from an older run)
         figures += [_figure(f, html.escape(f)) for f in record["files"] if "_overlay." in f]
     missing = ", ".join(html.escape(c["label"]) for c in record.get("not_rendered", []))
@@ -316,6 +356,6 @@ figcaption {{ font-size: 0.8em; color: #555; }} ol span {{ color: #777; }} li.ex
 shown, best first.</p>
 {JET_LEGEND}
 {used}
-{''.join(rows)}
+{"".join(rows)}
 </body></html>
 """

@@ -77,7 +77,11 @@ def to_image(rows: np.ndarray, placement: Placement, threshold: float, label_of)
     for x1, y1, x2, y2, score, class_id in rows:
         if score < threshold:
             continue
-        box = (x1 / placement.scale_x + placement.offset_x, y1 / placement.scale_y + placement.offset_y,
-               x2 / placement.scale_x + placement.offset_x, y2 / placement.scale_y + placement.offset_y)
+        box = (
+            x1 / placement.scale_x + placement.offset_x,
+            y1 / placement.scale_y + placement.offset_y,
+            x2 / placement.scale_x + placement.offset_x,
+            y2 / placement.scale_y + placement.offset_y,
+        )
         found.append(Detection(int(class_id), label_of(int(class_id)), float(score), tuple(map(float, box))))
     return sorted(found, key=lambda d: -d.score)

@@ -36,19 +36,21 @@ def schema():
     import pyarrow as pa
 
     score = pa.struct([("id", pa.int64()), ("label", pa.string()), ("score", pa.float64())])
-    return pa.schema([
-        ("image", pa.string()),  # the path or URI, as predictions.json names it
-        ("error", pa.string()),  # why the image failed; null when it was explained
-        ("top", pa.list_(score)),  # the top-k classes, best first
-        ("explained", pa.list_(score)),  # the classes whose maps are in `maps`, best first
-        ("map_classes", pa.list_(pa.int64())),  # the class of each map (empty: one class-agnostic map)
-        ("map_shape", pa.list_(pa.int32())),  # [maps, h, w]
-        ("maps", pa.list_(pa.uint8())),  # the maps, row-major: np.asarray(row.maps).reshape(row.map_shape)
-        ("detections", pa.string()),  # detectors with final detections: JSON list as in predictions.json
-        ("not_rendered", pa.list_(score)),  # asked for with --classes, but the head has no map for them
-        ("source_size", pa.int64()),  # the image's size and mtime when explained: what a rerun compares
-        ("source_mtime_ns", pa.int64()),
-    ])
+    return pa.schema(
+        [
+            ("image", pa.string()),  # the path or URI, as predictions.json names it
+            ("error", pa.string()),  # why the image failed; null when it was explained
+            ("top", pa.list_(score)),  # the top-k classes, best first
+            ("explained", pa.list_(score)),  # the classes whose maps are in `maps`, best first
+            ("map_classes", pa.list_(pa.int64())),  # the class of each map (empty: one class-agnostic map)
+            ("map_shape", pa.list_(pa.int32())),  # [maps, h, w]
+            ("maps", pa.list_(pa.uint8())),  # the maps, row-major: np.asarray(row.maps).reshape(row.map_shape)
+            ("detections", pa.string()),  # detectors with final detections: JSON list as in predictions.json
+            ("not_rendered", pa.list_(score)),  # asked for with --classes, but the head has no map for them
+            ("source_size", pa.int64()),  # the image's size and mtime when explained: what a rerun compares
+            ("source_mtime_ns", pa.int64()),
+        ]
+    )
 
 
 def explanation_row(image: str, explanation: Explanation) -> dict:
@@ -60,18 +62,31 @@ def explanation_row(image: str, explanation: Explanation) -> dict:
         saliency = explanation.map_for(class_id)
         maps.append(saliency if saliency.dtype == np.uint8 else scale_raw(saliency))
     stacked = np.stack(maps) if maps else np.zeros((0, 0, 0), np.uint8)
-    return {"image": image, "error": None, "top": [vars(c) for c in explanation.top],
-            "explained": [vars(c) for c in explained],
-            "map_classes": [c for c in classes if c is not None], "map_shape": list(stacked.shape),
-            "maps": np.ascontiguousarray(stacked).reshape(-1),
-            "detections": None if explanation.detections is None else json.dumps(
-                [vars(d) for d in explanation.detections]),
-            "not_rendered": [vars(c) for c in explanation.not_rendered]}
+    return {
+        "image": image,
+        "error": None,
+        "top": [vars(c) for c in explanation.top],
+        "explained": [vars(c) for c in explained],
+        "map_classes": [c for c in classes if c is not None],
+        "map_shape": list(stacked.shape),
+        "maps": np.ascontiguousarray(stacked).reshape(-1),
+        "detections": None if explanation.detections is None else json.dumps([vars(d) for d in explanation.detections]),
+        "not_rendered": [vars(c) for c in explanation.not_rendered],
+    }
 
 
 def failed_row(image: str, error: str) -> dict:
-    return {"image": image, "error": error, "top": [], "explained": [], "map_classes": [], "map_shape": [],
-            "maps": np.zeros(0, np.uint8), "detections": None, "not_rendered": []}
+    return {
+        "image": image,
+        "error": error,
+        "top": [],
+        "explained": [],
+        "map_classes": [],
+        "map_shape": [],
+        "maps": np.zeros(0, np.uint8),
+        "detections": None,
+        "not_rendered": [],
+    }
 
 
 class ParquetResults:

@@ -69,13 +69,21 @@ class RunInterrupted(XaiGraphError):
     """SIGINT or SIGTERM stopped the run; what was done is written and indexed."""
 
     def __init__(self, summary: RunSummary, written: int):
-        super().__init__(f"interrupted: {written} of {summary.images} images written to {summary.index.parent}; "
-                         f"{summary.predictions.name} and {summary.index.name} list them")
+        super().__init__(
+            f"interrupted: {written} of {summary.images} images written to {summary.index.parent}; "
+            f"{summary.predictions.name} and {summary.index.name} list them"
+        )
         self.summary, self.written = summary, written
 
 
-def explain_files(explainer: Explainer, paths: list[Path], writer: ResultWriter, batch_size: int = 8,
-                  workers: int | None = None, progress: Callable[[int], None] | None = None) -> RunSummary:
+def explain_files(
+    explainer: Explainer,
+    paths: list[Path],
+    writer: ResultWriter,
+    batch_size: int = 8,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunSummary:
     """Explain every file; a file that fails is recorded in the writer and the run goes on.
 
     On KeyboardInterrupt (SIGINT, or SIGTERM where the caller turns it into one) the images in
@@ -115,16 +123,22 @@ def explain_files(explainer: Explainer, paths: list[Path], writer: ResultWriter,
         with _signals_held():  # a second Ctrl-C must not cut the index short
             pool.shutdown(wait=True, cancel_futures=True)
             elapsed = time.perf_counter() - start
-            summary = {"model": str(explainer.source), "algorithm": explainer.algo, "runtime": explainer.runtime,
-                       "input_size": list(explainer.input_size), "overlay_alpha": writer.alpha,
-                       "preprocessing": explainer.preprocessing_record()}
+            summary = {
+                "model": str(explainer.source),
+                "algorithm": explainer.algo,
+                "runtime": explainer.runtime,
+                "input_size": list(explainer.input_size),
+                "overlay_alpha": writer.alpha,
+                "preprocessing": explainer.preprocessing_record(),
+            }
             if interrupted:
                 summary["interrupted"] = True
             predictions, index = writer.finish(summary)
     records = [writer.records.get(str(p), {}) for p in paths]
     not_rendered = Counter(c["label"] for r in records for c in r.get("not_rendered", []))
-    result = RunSummary(len(paths), sum(1 for r in records if r.get("error")), elapsed, predictions, index,
-                        dict(not_rendered))
+    result = RunSummary(
+        len(paths), sum(1 for r in records if r.get("error")), elapsed, predictions, index, dict(not_rendered)
+    )
     if interrupted:
         raise RunInterrupted(result, written[0])
     return result

@@ -69,15 +69,17 @@ class Preprocessing:
             nw, nh = max(1, round(w * s)), max(1, round(h * s))
             canvas = np.full((self.height, self.width, 3), self.pad_value, dtype=np.uint8)
             x0, y0 = (self.width - nw) // 2, (self.height - nh) // 2
-            canvas[y0:y0 + nh, x0:x0 + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            canvas[y0 : y0 + nh, x0 : x0 + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
             return canvas, Placement(nw / w, nh / h, -x0 * w / nw, -y0 * h / nh)
         if self.resize == "crop":  # resize the shorter side, then take the centre
             s = max(self.width / w, self.height / h)
             nw, nh = max(self.width, round(w * s)), max(self.height, round(h * s))
             scaled = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
             x0, y0 = (nw - self.width) // 2, (nh - self.height) // 2
-            return (np.ascontiguousarray(scaled[y0:y0 + self.height, x0:x0 + self.width]),
-                    Placement(nw / w, nh / h, x0 * w / nw, y0 * h / nh))
+            return (
+                np.ascontiguousarray(scaled[y0 : y0 + self.height, x0 : x0 + self.width]),
+                Placement(nw / w, nh / h, x0 * w / nw, y0 * h / nh),
+            )
         raise XaiGraphError(f"unknown resize type {self.resize!r}; choose one of {', '.join(RESIZE_TYPES)}")
 
 

@@ -125,16 +125,27 @@ def _native_stderr_to_file():
 class ExplainWorker:
     """One actor: the model loaded once; each call decodes, runs, renders and encodes a batch of images."""
 
-    def __init__(self, explainer_options: dict, output: str, alpha: float, raw: bool, image_format: str,
-                 threads: int, batch_size: int):
+    def __init__(
+        self,
+        explainer_options: dict,
+        output: str,
+        alpha: float,
+        raw: bool,
+        image_format: str,
+        threads: int,
+        batch_size: int,
+    ):
         self.explainer = Explainer(threads=threads, **explainer_options)
         self.output, self.batch_size = output, batch_size
         # Ray kills pool actors at the end of a job: their scratch folder is removed by the next run's set-up.
         self._cleanup = ExitStack()
         self.scratch = self._cleanup.enter_context(scratch_folder(Path(tempfile.gettempdir()), TEMP_PREFIX))
         (self.scratch / "encoder").mkdir()
-        self.encoder = ResultEncoder(self.scratch / "encoder", alpha=alpha, raw=raw,
-                                     image_format=image_format) if output == "files" else None
+        self.encoder = (
+            ResultEncoder(self.scratch / "encoder", alpha=alpha, raw=raw, image_format=image_format)
+            if output == "files"
+            else None
+        )
         self.pool = ThreadPoolExecutor(max(2, threads))  # OpenCV releases the GIL: decode and render overlap
         # Two batches run at once (the pool's max_concurrent_calls_per_actor): one decodes or renders while the
         # other's runs the model. One inference at a time: an OpenVINO infer request is not thread-safe.
@@ -148,13 +159,14 @@ class ExplainWorker:
         ready = [item for item in loaded if not isinstance(item, str)]
         results = {str(s): ("failed", item) for s, item in zip(sources, loaded) if isinstance(item, str)}
         for start in range(0, len(ready), self.batch_size):
-            chunk = ready[start:start + self.batch_size]
+            chunk = ready[start : start + self.batch_size]
             try:
                 with self._inference:
                     outputs = self.explainer.run([tensor for _, _, tensor, _, _ in chunk])
             except Exception as exc:  # noqa: BLE001 (a batch the runtime refuses fails its images, not the job)
-                results.update({str(s): ("failed", f"inference failed ({type(exc).__name__}: {exc})")
-                                for s, *_ in chunk})
+                results.update(
+                    {str(s): ("failed", f"inference failed ({type(exc).__name__}: {exc})") for s, *_ in chunk}
+                )
                 continue
             done = self.pool.map(self._render, chunk, outputs)
             results.update(zip((str(s) for s, *_ in chunk), done))
@@ -218,9 +230,17 @@ def _store(writer, source, kind: str, payload) -> None:
             writer.fail(source, f"cannot write the results ({type(exc).__name__}: {exc})")
 
 
-def explain_with_ray(explainer: Explainer, explainer_options: dict, sources: list, writer, *, workers: int = 1,
-                     batch_size: int = 8, output: str = "files",
-                     progress: Callable[[int], None] | None = None) -> RunSummary:
+def explain_with_ray(
+    explainer: Explainer,
+    explainer_options: dict,
+    sources: list,
+    writer,
+    *,
+    workers: int = 1,
+    batch_size: int = 8,
+    output: str = "files",
+    progress: Callable[[int], None] | None = None,
+) -> RunSummary:
     """Explain `sources` on the actor pool and write through `writer` (ResumableWriter, or ParquetResults for
     output="parquet"). `explainer` is the driver's (its settings go into the records); the actors build theirs
     from `explainer_options`. A failed image is recorded and the job goes on; KeyboardInterrupt writes what is
@@ -234,8 +254,9 @@ def explain_with_ray(explainer: Explainer, explainer_options: dict, sources: lis
         interrupted = True
     except Exception as exc:
         if type(exc).__module__.startswith("ray"):  # the cluster went away, a worker could not start...
-            raise XaiGraphError(f"the Ray job failed ({type(exc).__name__}: "
-                                f"{(str(exc).strip().splitlines() or [''])[-1]})") from exc
+            raise XaiGraphError(
+                f"the Ray job failed ({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]})"
+            ) from exc
         raise
     finally:
         with _signals_held():  # a second Ctrl-C must not cut the index short
@@ -245,8 +266,14 @@ def explain_with_ray(explainer: Explainer, explainer_options: dict, sources: lis
             predictions, index = writer.finish(settings)
     records = [writer.records.get(str(s), {}) for s in sources]
     not_rendered = Counter(c["label"] for r in records for c in r.get("not_rendered") or [])
-    summary = RunSummary(len(sources), sum(1 for r in records if r.get("error")), time.perf_counter() - start,
-                         predictions, index, dict(not_rendered))
+    summary = RunSummary(
+        len(sources),
+        sum(1 for r in records if r.get("error")),
+        time.perf_counter() - start,
+        predictions,
+        index,
+        dict(not_rendered),
+    )
     if interrupted:
         raise RunInterrupted(summary, sum(1 for r in records if r and not r.get("error")))
     return summary
@@ -264,12 +291,22 @@ def _run_job(explainer_options, sources, writer, workers, batch_size, output, pr
     # Small blocks, so that batches stream to the actors (and results back) from the start.
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 10_000)))
     dataset = dataset.map_batches(
-        ExplainWorker, batch_size=batch_size, num_cpus=1,
-        compute=ActorPoolStrategy(size=workers, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
-                                  enable_true_multi_threading=True),
-        fn_constructor_kwargs={"explainer_options": explainer_options, "output": output, "alpha": writer.alpha,
-                               "raw": getattr(writer, "raw", False), "image_format": getattr(writer, "ext", "png"),
-                               "threads": _threads_per_worker(ray, workers), "batch_size": batch_size})
+        ExplainWorker,
+        batch_size=batch_size,
+        num_cpus=1,
+        compute=ActorPoolStrategy(
+            size=workers, max_concurrent_calls_per_actor=CALLS_PER_ACTOR, enable_true_multi_threading=True
+        ),
+        fn_constructor_kwargs={
+            "explainer_options": explainer_options,
+            "output": output,
+            "alpha": writer.alpha,
+            "raw": getattr(writer, "raw", False),
+            "image_format": getattr(writer, "ext", "png"),
+            "threads": _threads_per_worker(ray, workers),
+            "batch_size": batch_size,
+        },
+    )
     by_name = {str(s): s for s in sources}
     seen: set[str] = set()
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

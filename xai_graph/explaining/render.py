@@ -23,8 +23,13 @@ def render_size(image_shape: tuple[int, ...], max_side: int = MAX_RENDER_SIDE) -
     return max(1, round(w * r)), max(1, round(h * r))
 
 
-def map_to_image(saliency: np.ndarray, placement: Placement, input_size: tuple[int, int],
-                 image_shape: tuple[int, ...], size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def map_to_image(
+    saliency: np.ndarray,
+    placement: Placement,
+    input_size: tuple[int, int],
+    image_shape: tuple[int, ...],
+    size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Resize a map covering the model input onto the image, bilinearly.
 
     Returns (map, inside): the map at `size` (default: the image's render size), as
@@ -33,8 +38,13 @@ def map_to_image(saliency: np.ndarray, placement: Placement, input_size: tuple[i
     return _warp(saliency.astype(np.float32), placement, input_size, image_shape, size)
 
 
-def map_to_image_u8(saliency_u8: np.ndarray, placement: Placement, input_size: tuple[int, int],
-                    image_shape: tuple[int, ...], size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def map_to_image_u8(
+    saliency_u8: np.ndarray,
+    placement: Placement,
+    input_size: tuple[int, int],
+    image_shape: tuple[int, ...],
+    size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """`map_to_image` for a uint8 map, giving uint8: what overlays are coloured from.
 
     OpenCV's fixed-point bilinear (1/32-pixel positions) is within a few levels of the float
@@ -45,8 +55,13 @@ def map_to_image_u8(saliency_u8: np.ndarray, placement: Placement, input_size: t
     return _warp(saliency_u8, placement, input_size, image_shape, size)
 
 
-def _warp(saliency: np.ndarray, placement: Placement, input_size: tuple[int, int], image_shape: tuple[int, ...],
-          size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+def _warp(
+    saliency: np.ndarray,
+    placement: Placement,
+    input_size: tuple[int, int],
+    image_shape: tuple[int, ...],
+    size: tuple[int, int] | None,
+) -> tuple[np.ndarray, np.ndarray]:
     out_w, out_h = size or render_size(image_shape)
     img_h, img_w = image_shape[:2]
     in_w, in_h = input_size
@@ -58,8 +73,9 @@ def _warp(saliency: np.ndarray, placement: Placement, input_size: tuple[int, int
     bx = (0.5 / rx - placement.offset_x) * placement.scale_x * map_w / in_w - 0.5
     by = (0.5 / ry - placement.offset_y) * placement.scale_y * map_h / in_h - 0.5
     matrix = np.array([[ax, 0, bx], [0, ay, by]], dtype=np.float64)
-    resized = cv2.warpAffine(saliency, matrix, (out_w, out_h),
-                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    resized = cv2.warpAffine(
+        saliency, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
     xs = (np.arange(out_w) * ax + bx + 0.5) / map_w
     ys = (np.arange(out_h) * ay + by + 0.5) / map_h
     inside = ((ys >= 0) & (ys <= 1))[:, None] & ((xs >= 0) & (xs <= 1))[None, :]

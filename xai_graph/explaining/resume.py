@@ -41,8 +41,13 @@ class ResumableWriter(ResultWriter):
         self.sources.update(fingerprints(list(sources)))
         if self.overwrite:
             return list(sources), 0
-        todo = [s for s in sources if not is_done(self.records.get(str(s)), self.sources.get(str(s)),
-                                                  lambda name: (self.root / name).is_file())]
+        todo = [
+            s
+            for s in sources
+            if not is_done(
+                self.records.get(str(s)), self.sources.get(str(s)), lambda name: (self.root / name).is_file()
+            )
+        ]
         return todo, len(sources) - len(todo)
 
     def _keep(self, record: dict) -> None:
@@ -72,6 +77,11 @@ class ResumableWriter(ResultWriter):
 
 def run_settings(explainer, alpha: float | None) -> dict:
     """What predictions.json (and each Parquet part) records of the run, as the local engine's pipeline does."""
-    return {"model": str(explainer.source), "algorithm": explainer.algo, "runtime": explainer.runtime,
-            "input_size": list(explainer.input_size), "overlay_alpha": alpha,
-            "preprocessing": explainer.preprocessing_record()}
+    return {
+        "model": str(explainer.source),
+        "algorithm": explainer.algo,
+        "runtime": explainer.runtime,
+        "input_size": list(explainer.input_size),
+        "overlay_alpha": alpha,
+        "preprocessing": explainer.preprocessing_record(),
+    }

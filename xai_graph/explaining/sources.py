@@ -71,8 +71,9 @@ def read_path_list(where: str, column: str = PATH_COLUMN) -> list[Source]:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise XaiGraphError(f"{where}: not a text path list (not UTF-8); a Parquet list must end with "
-                                ".parquet") from exc
+            raise XaiGraphError(
+                f"{where}: not a text path list (not UTF-8); a Parquet list must end with .parquet"
+            ) from exc
         entries = [line.strip() for line in text.splitlines()]
         entries = [line for line in entries if line and not line.startswith("#")]
     return [as_source(entry, base) for entry in entries]
@@ -98,8 +99,10 @@ def _parquet_column(data: bytes, where: str, column: str) -> list[str]:
     except (pa.ArrowException, OSError) as exc:
         raise XaiGraphError(f"{where}: not a Parquet file ({_first_line(exc)})") from exc
     if column not in table.column_names:
-        raise XaiGraphError(f"{where}: no column {column!r} (columns: {', '.join(table.column_names) or 'none'}); "
-                            "name the column of paths with --list-column")
+        raise XaiGraphError(
+            f"{where}: no column {column!r} (columns: {', '.join(table.column_names) or 'none'}); "
+            "name the column of paths with --list-column"
+        )
     values = table.column(column)
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         raise XaiGraphError(f"{where}: column {column!r} holds {values.type}, not paths (strings)")
@@ -172,5 +175,7 @@ def _uri_fingerprints(uris: list[str]) -> dict[str, dict | None]:
         infos = filesystem.get_file_info(inner)
     except (pa.ArrowException, OSError):
         return {uri: None for uri in uris}
-    return {uri: {"size": info.size, "mtime_ns": info.mtime_ns} if info.type == pafs.FileType.File else None
-            for uri, info in zip(uris, infos)}
+    return {
+        uri: {"size": info.size, "mtime_ns": info.mtime_ns} if info.type == pafs.FileType.File else None
+        for uri, info in zip(uris, infos)
+    }

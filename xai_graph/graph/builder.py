@@ -46,13 +46,10 @@ class GraphBuilder:
     def op(self, op_type: str, *inputs: ir.Value | None, **attributes) -> ir.Value:
         return self.op_multi(op_type, *inputs, num_outputs=1, **attributes)[0]
 
-    def op_multi(
-        self, op_type: str, *inputs: ir.Value | None, num_outputs: int, **attributes
-    ) -> Sequence[ir.Value]:
+    def op_multi(self, op_type: str, *inputs: ir.Value | None, num_outputs: int, **attributes) -> Sequence[ir.Value]:
         attrs = ir.convenience.convert_attributes(attributes) if attributes else ()
         name = self._name(op_type)
-        outputs = [ir.Value(name=f"{name}_out{i}" if num_outputs > 1 else name)
-                   for i in range(num_outputs)]
+        outputs = [ir.Value(name=f"{name}_out{i}" if num_outputs > 1 else name) for i in range(num_outputs)]
         node = ir.Node("", op_type, list(inputs), attributes=attrs, outputs=outputs, name=name)
         self.graph.append(node)
         return node.outputs
@@ -60,8 +57,7 @@ class GraphBuilder:
     def const(self, array, dtype=None) -> ir.Value:
         """An initializer holding `array` (small constants only: never anything of size hw*hw*C)."""
         tensor = ir.tensor(np.asarray(array, dtype=dtype), name=self._name("const"))
-        value = ir.Value(name=tensor.name, shape=tensor.shape, type=ir.TensorType(tensor.dtype),
-                         const_value=tensor)
+        value = ir.Value(name=tensor.name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
         self.graph.register_initializer(value)
         return value
 
@@ -101,8 +97,7 @@ class GraphBuilder:
         sizes = self.shape_from(self.dim(x, 0), self.dim(x, 1), height, width)
         empty = self.const(np.zeros(0, dtype=np.float32))
         roi, scales = (empty, empty) if self.opset < 13 else (None, None)
-        return self.op("Resize", x, roi, scales, sizes, mode="linear",
-                       coordinate_transformation_mode="half_pixel")
+        return self.op("Resize", x, roi, scales, sizes, mode="linear", coordinate_transformation_mode="half_pixel")
 
     # -- shapes ----------------------------------------------------------------
     def dim(self, x: ir.Value, axis: int) -> ir.Value:
@@ -125,8 +120,9 @@ class GraphBuilder:
     def eye(self, n: ir.Value | int) -> ir.Value:
         """An n x n float32 identity, built at run time: stored, it would grow the model by n^2 floats."""
         n = self.ints([n]) if isinstance(n, int) else n
-        zeros = self.op("ConstantOfShape", self.op("Concat", n, n, axis=0),
-                        value=ir.tensor(np.zeros(1, dtype=np.float32)))
+        zeros = self.op(
+            "ConstantOfShape", self.op("Concat", n, n, axis=0), value=ir.tensor(np.zeros(1, dtype=np.float32))
+        )
         return self.op("EyeLike", zeros)
 
 

@@ -36,15 +36,8 @@ import onnx_ir as ir
 from xai_graph.errors import XaiGraphError, option_text
 from xai_graph.graph.analysis import GraphIndex, shape_text, spatial_size
 from xai_graph.graph.builder import static_dim
-from xai_graph.graph.detector_layout import (
-    ClassLayout,
-    Root,
-    box_anchors,
-    raw_level_maps,
-    read_layout,
-    walk_back,
-    without_objectness,
-)
+from xai_graph.graph.detector_layout import ClassLayout, Root, read_layout, walk_back
+from xai_graph.graph.detector_levels import box_anchors, raw_level_maps, without_objectness
 from xai_graph.graph.twin import static_twin
 
 
@@ -91,8 +84,13 @@ class DetectorClassMaps:
         return self.levels[len(self.levels) // 2]
 
 
-def find_class_maps(model: ir.Model, class_maps: list[str] | None = None, num_anchors: list[int] | None = None,
-                     num_classes: int | None = None, index: GraphIndex | None = None) -> DetectorClassMaps | None:
+def find_class_maps(
+    model: ir.Model,
+    class_maps: list[str] | None = None,
+    num_anchors: list[int] | None = None,
+    num_classes: int | None = None,
+    index: GraphIndex | None = None,
+) -> DetectorClassMaps | None:
     """The detector's class maps, or None when the model does not look like a single-stage detector.
 
     Where the maps' sizes are not static, levels are told apart on a static twin of the model (a copy
@@ -123,8 +121,13 @@ def _find(model: ir.Model, class_maps, num_anchors, num_classes, index: GraphInd
     activations = {root.activation for root in kept.values()}
     activation = activations.pop() if len(activations) == 1 else None
     set_aside = [v for v in found if v not in kept]
-    result = DetectorClassMaps([_level(v, layouts[v], a, k, set_aside) for v, a in zip(levels, anchors)], k, activation,
-                           outputs, _reason(class_maps, levels, activation, outputs))
+    result = DetectorClassMaps(
+        [_level(v, layouts[v], a, k, set_aside) for v, a in zip(levels, anchors)],
+        k,
+        activation,
+        outputs,
+        _reason(class_maps, levels, activation, outputs),
+    )
     try:
         result.neck = neck_feature(result, index)
     except XaiGraphError:
@@ -149,8 +152,10 @@ def _reason(class_maps, levels, activation, outputs) -> str:
         return "named with --class-map"
     if activation is None and all(o in levels for o in outputs):
         return f"{len(levels)} per-level class maps output beside their box maps, without a score activation"
-    return (f"{len(levels)} class maps found behind {activation or 'score activations'} of "
-            f"{', '.join(o.name for o in outputs)}")
+    return (
+        f"{len(levels)} class maps found behind {activation or 'score activations'} of "
+        f"{', '.join(o.name for o in outputs)}"
+    )
 
 
 def _walked(values: list[ir.Value], index: GraphIndex, named: bool) -> tuple[dict[ir.Value, Root], list, list, list]:
@@ -166,9 +171,11 @@ def _walked(values: list[ir.Value], index: GraphIndex, named: bool) -> tuple[dic
         roots, selected = walk_back(value, index)
         roots = roots if named else {v: root for v, root in roots.items() if root.activation is not None}
         if named and not roots:
-            named_as = option_text('class_maps', repr(value.name))
-            raise XaiGraphError(f"{named_as} is {shape_text(value)}, and no [B, A*K, h, w] maps reach it "
-                                "through Reshape/Transpose/Concat/Split/Slice")
+            named_as = option_text("class_maps", repr(value.name))
+            raise XaiGraphError(
+                f"{named_as} is {shape_text(value)}, and no [B, A*K, h, w] maps reach it "
+                "through Reshape/Transpose/Concat/Split/Slice"
+            )
         if roots:
             reached.append(value)
             found.update((v, root) for v, root in roots.items() if v not in found)
@@ -190,11 +197,14 @@ def _num_classes(levels, layouts, num_classes, scored, box_candidates) -> int:
     else the [B, N, K] score outputs; else the maps' common width."""
     told = {layout.classes for layout in layouts.values() if layout.classes}
     if len(told) > 1:
-        raise XaiGraphError(f"the levels' layouts disagree on the number of classes ({sorted(told)}); "
-                            f"pass {option_text('num_classes', 'K')}")
+        raise XaiGraphError(
+            f"the levels' layouts disagree on the number of classes ({sorted(told)}); "
+            f"pass {option_text('num_classes', 'K')}"
+        )
     if num_classes and told and told != {num_classes}:
-        raise XaiGraphError(f"{option_text('num_classes', str(num_classes))}, but the class maps' layout gives "
-                            f"{told.pop()}")
+        raise XaiGraphError(
+            f"{option_text('num_classes', str(num_classes))}, but the class maps' layout gives {told.pop()}"
+        )
     widths = [_class_channels(v, layouts[v]) for v in levels]
     widths = [w for w in widths if w is not None]
     k = num_classes or (told.pop() if told else None) or _classes_from_outputs(scored, widths)
@@ -202,8 +212,9 @@ def _num_classes(levels, layouts, num_classes, scored, box_candidates) -> int:
         k = _classes_from_box_branches(levels, layouts, box_candidates)
     k = k or (widths[0] if widths and len(set(widths)) == 1 else None)  # the maps' common width
     if not k:
-        raise XaiGraphError("cannot tell the number of classes of the detector; pass "
-                            f"{option_text('num_classes', 'K')}")
+        raise XaiGraphError(
+            f"cannot tell the number of classes of the detector; pass {option_text('num_classes', 'K')}"
+        )
     return k
 
 
@@ -246,12 +257,14 @@ def _anchors(levels, layouts, k: int, num_anchors: list[int] | None) -> list[int
     if num_anchors is not None:
         anchors = num_anchors * len(levels) if len(num_anchors) == 1 else list(num_anchors)
         if len(anchors) != len(levels):
-            raise XaiGraphError(f"{option_text('num_anchors', 'A,...')} gives {len(num_anchors)} values for "
-                                f"{len(levels)} levels")
+            raise XaiGraphError(
+                f"{option_text('num_anchors', 'A,...')} gives {len(num_anchors)} values for {len(levels)} levels"
+            )
         for v, a in zip(levels, anchors):
             if layouts[v].anchors not in (None, a):
-                raise XaiGraphError(f"{option_text('num_anchors', str(a))}, but class map '{v.name}' has "
-                                    f"{layouts[v].anchors} anchors")
+                raise XaiGraphError(
+                    f"{option_text('num_anchors', str(a))}, but class map '{v.name}' has {layouts[v].anchors} anchors"
+                )
         return anchors
     return [layouts[v].anchors or _anchors_from_width(v, layouts[v], k) for v in levels]
 
@@ -259,8 +272,10 @@ def _anchors(levels, layouts, k: int, num_anchors: list[int] | None) -> list[int
 def _anchors_from_width(value: ir.Value, layout: ClassLayout, k: int) -> int:
     width = _class_channels(value, layout)
     if width is None or width % k:
-        raise XaiGraphError(f"class map '{value.name}' has {width} channels, not a multiple of {k} classes; "
-                            f"pass {option_text('num_classes', 'K')} or {option_text('num_anchors', 'A')}")
+        raise XaiGraphError(
+            f"class map '{value.name}' has {width} channels, not a multiple of {k} classes; "
+            f"pass {option_text('num_classes', 'K')} or {option_text('num_anchors', 'A')}"
+        )
     return width // k
 
 
@@ -268,8 +283,14 @@ def _level(value: ir.Value, layout: ClassLayout, anchors: int, k: int, set_aside
     if layout.per_anchor == k and layout.offset == 0:  # blocks of exactly the K classes: plain anchor-major
         layout = replace(layout, per_anchor=None)
     beside = [v.name for v in set_aside if spatial_size(v) == spatial_size(value)]
-    return Level(value, anchors, layout.channels, layout.per_anchor, layout.offset if layout.per_anchor else 0,
-                 layout.describe(anchors, k, static_dim(value, 1), beside))
+    return Level(
+        value,
+        anchors,
+        layout.channels,
+        layout.per_anchor,
+        layout.offset if layout.per_anchor else 0,
+        layout.describe(anchors, k, static_dim(value, 1), beside),
+    )
 
 
 def neck_feature(detector: DetectorClassMaps, index: GraphIndex) -> ir.Value:
@@ -290,11 +311,13 @@ def neck_feature(detector: DetectorClassMaps, index: GraphIndex) -> ir.Value:
         convolutions = {c for c in value.consumers() if c.op_type == "Conv"}
         if spatial_size(value) is not None and len(convolutions) >= 2:
             return value
-    raise XaiGraphError(f"no neck feature map found behind '{detector.middle.value.name}'; "
-                        f"pass {option_text('target_layer', 'NAME')}")
+    raise XaiGraphError(
+        f"no neck feature map found behind '{detector.middle.value.name}'; pass {option_text('target_layer', 'NAME')}"
+    )
 
 
 # -- the static twin of a model with a free input size -------------------------------------------------------
+
 
 def _sizes_unknown(model: ir.Model, class_maps: list[str] | None, index: GraphIndex) -> bool:
     """Whether the maps the outputs (or the named class maps) come from lack static sizes."""

@@ -43,8 +43,10 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if not path.is_file():
         raise XaiGraphError(f"{path}: not a file")
     if path.stat().st_size > 2**31:  # protobuf's own limit: larger weights live in external data files
-        raise XaiGraphError(f"{path}: {path.stat().st_size / 2**30:.1f} GiB, over the 2 GiB an ONNX file can hold "
-                            "(weights that large belong in external data)")
+        raise XaiGraphError(
+            f"{path}: {path.stat().st_size / 2**30:.1f} GiB, over the 2 GiB an ONNX file can hold "
+            "(weights that large belong in external data)"
+        )
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
@@ -69,8 +71,9 @@ def load_model(path: str | os.PathLike) -> ir.Model:
 
 
 def uses_external_data(proto: onnx.ModelProto) -> bool:
-    return any(onnx.external_data_helper.uses_external_data(t)
-               for t in onnx.external_data_helper._get_all_tensors(proto))
+    return any(
+        onnx.external_data_helper.uses_external_data(t) for t in onnx.external_data_helper._get_all_tensors(proto)
+    )
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
@@ -84,8 +87,10 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
         size = data_file.stat().st_size
         offset, length = int(info.offset or 0), info.length
         if offset < 0 or offset > size or (length is not None and (int(length) < 0 or offset + int(length) > size)):
-            raise XaiGraphError(f"{path}: '{tensor.name}' is stored at bytes {offset}..{offset + int(length or 0)} "
-                                f"of {info.location!r}, which has {size} (truncated, or another model's data file)")
+            raise XaiGraphError(
+                f"{path}: '{tensor.name}' is stored at bytes {offset}..{offset + int(length or 0)} "
+                f"of {info.location!r}, which has {size} (truncated, or another model's data file)"
+            )
 
 
 def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -124,8 +129,15 @@ def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     for tensor in onnx.external_data_helper._get_all_tensors(skeleton):
         if onnx.external_data_helper.uses_external_data(tensor) or _elements(tensor.dims) <= _FOLD_LIMIT:
             continue
-        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
-                      "string_data"):
+        for field in (
+            "raw_data",
+            "float_data",
+            "int32_data",
+            "int64_data",
+            "double_data",
+            "uint64_data",
+            "string_data",
+        ):
             tensor.ClearField(field)
         tensor.data_location = onnx.TensorProto.EXTERNAL
         del tensor.external_data[:]
@@ -137,8 +149,11 @@ def _settle_batch_independent_dims(folded: onnx.ModelProto, inferred: onnx.Model
     """Dims shape inference left unknown that are the same at batch 2 and 3 do not depend on the batch:
     they are set to that value."""
     unknown = [v for v in inferred.graph.value_info if any(_unknown(d) for d in v.type.tensor_type.shape.dim)]
-    batched = {i.name for i in folded.graph.input if i.type.tensor_type.shape.dim
-               and not i.type.tensor_type.shape.dim[0].dim_value}
+    batched = {
+        i.name
+        for i in folded.graph.input
+        if i.type.tensor_type.shape.dim and not i.type.tensor_type.shape.dim[0].dim_value
+    }
     if not unknown or not batched:
         return
     first, second = (_dims_at_batch(folded, batched, batch) for batch in (2, 3))
@@ -182,8 +197,11 @@ def _fold_small_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
     kept = []
     for node in scratch.graph.node:
         inputs = [name for name in node.input if name]
-        if node.domain in ("", "ai.onnx") and all(name in known for name in inputs) and \
-                not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        if (
+            node.domain in ("", "ai.onnx")
+            and all(name in known for name in inputs)
+            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        ):
             try:
                 values = ReferenceEvaluator(node).run(None, {name: known[name] for name in inputs})
             except Exception:
@@ -219,8 +237,7 @@ def to_ir(model: ir.Model | onnx.ModelProto | str | os.PathLike) -> ir.Model:
     return load_model(model)
 
 
-def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
-               verify=None) -> Path:
+def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None, verify=None) -> Path:
     """Write `model` to `path` atomically and check the written file (an `openvino.Model`: as IR, `save_ir`).
 
     Weights go to `<name>.data` beside the model when the source had external data,
@@ -259,9 +276,16 @@ def _source_annotations_only(model: ir.Model):
     """
     annotated = model.meta.get(SOURCE_ANNOTATIONS)
     boundary = {*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values()}
-    hidden = [] if annotated is None else [
-        (v, v.type, v.shape) for node in model.graph for v in node.outputs
-        if v not in boundary and v.name not in annotated and (v.type is not None or v.shape is not None)]
+    hidden = (
+        []
+        if annotated is None
+        else [
+            (v, v.type, v.shape)
+            for node in model.graph
+            for v in node.outputs
+            if v not in boundary and v.name not in annotated and (v.type is not None or v.shape is not None)
+        ]
+    )
     for value, _, _ in hidden:
         value.type, value.shape = None, None
     try:

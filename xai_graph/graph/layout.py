@@ -86,8 +86,12 @@ class Layout:
     def masks(self, b: GraphBuilder, masks: ir.Value, value: ir.Value) -> ir.Value:
         """Position masks [N, h, w] shaped to broadcast against one map of this layout (without its batch)."""
         h, w = self.sides(b, value)
-        shapes = {"NCHW": (-1, 1, h, w), "NHWC": (-1, h, w, 1), "NLC": (-1, b.op("Mul", h, w), 1),
-                  "NCL": (-1, 1, b.op("Mul", h, w))}
+        shapes = {
+            "NCHW": (-1, 1, h, w),
+            "NHWC": (-1, h, w, 1),
+            "NLC": (-1, b.op("Mul", h, w), 1),
+            "NCL": (-1, 1, b.op("Mul", h, w)),
+        }
         return b.reshape(masks, *shapes[self.kind])
 
 

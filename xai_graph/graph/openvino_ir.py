@@ -26,14 +26,28 @@ import onnx_ir as ir
 from xai_graph.errors import XaiGraphError
 from xai_graph.graph.runnable import check_input_dims
 from xai_graph.runtime import runtime_message
+from xai_graph.graph.openvino_ops import translate
 
 MIRROR_OPSET = 21  # recipes then emit the axes-as-input forms, which map directly onto OpenVINO
 OV_ATTR = "_ov"  # JSON of the mirrored operation's type, opset and attributes, for re-creating copies
 _FOLD_LIMIT = 1 << 26  # elements: folding bigger weight chains would double a large model's memory
 
-_DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i64": np.int64, "i32": np.int32,
-           "i8": np.int8, "u8": np.uint8, "boolean": np.bool_, "u1": np.bool_, "i16": np.int16, "u16": np.uint16,
-           "u32": np.uint32, "u64": np.uint64, "bf16": np.float32}
+_DTYPES = {
+    "f32": np.float32,
+    "f16": np.float16,
+    "f64": np.float64,
+    "i64": np.int64,
+    "i32": np.int32,
+    "i8": np.int8,
+    "u8": np.uint8,
+    "boolean": np.bool_,
+    "u1": np.bool_,
+    "i16": np.int16,
+    "u16": np.uint16,
+    "u32": np.uint32,
+    "u64": np.uint64,
+    "bf16": np.float32,
+}
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -50,24 +64,29 @@ def read_ir(path: str | os.PathLike):
     if not path.is_file():
         raise XaiGraphError(f"{path}: no such file")
     if path.stat().st_size > MAX_XML_BYTES:
-        raise XaiGraphError(f"{path}: {path.stat().st_size >> 20} MiB of XML; an IR's .xml is at most "
-                            f"{MAX_XML_BYTES >> 20} MiB (its weights are in the .bin)")
+        raise XaiGraphError(
+            f"{path}: {path.stat().st_size >> 20} MiB of XML; an IR's .xml is at most "
+            f"{MAX_XML_BYTES >> 20} MiB (its weights are in the .bin)"
+        )
     _check_xml(path)
     weights = path.with_suffix(".bin")
     needed = _weights_extent(path)
     if needed and not weights.is_file():
         raise XaiGraphError(f"{path}: its weights file {weights.name} is missing")
     if needed and weights.stat().st_size < needed:
-        raise XaiGraphError(f"{weights}: {weights.stat().st_size} bytes, but the IR reads up to byte {needed} "
-                            "(truncated, or the .bin of another model)")
+        raise XaiGraphError(
+            f"{weights}: {weights.stat().st_size} bytes, but the IR reads up to byte {needed} "
+            "(truncated, or the .bin of another model)"
+        )
     try:
         model = ov.Core().read_model(str(path))
     except Exception as exc:
         hint = f"; is {weights.name} this model's weights file?" if needed else ""
         raise XaiGraphError(f"{path}: not a readable OpenVINO IR ({runtime_message(exc)}){hint}") from None
     for port in model.inputs:
-        check_input_dims(port.get_any_name(), [d.get_length() if d.is_static else None
-                                               for d in port.get_partial_shape()])
+        check_input_dims(
+            port.get_any_name(), [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        )
     return model
 
 
@@ -91,8 +110,9 @@ def _check_xml(path: Path) -> None:
                 parser.Parse(chunk, False)
             parser.Parse(b"", True)
     except expat.ExpatError as exc:
-        raise XaiGraphError(f"{path}: not an OpenVINO IR (malformed XML: {expat.ErrorString(exc.code)}, "
-                            f"line {exc.lineno})") from None
+        raise XaiGraphError(
+            f"{path}: not an OpenVINO IR (malformed XML: {expat.ErrorString(exc.code)}, line {exc.lineno})"
+        ) from None
     if root[:1] != ["net"]:
         raise XaiGraphError(f"{path}: not an OpenVINO IR (no <net> element)")
 
@@ -100,7 +120,7 @@ def _check_xml(path: Path) -> None:
 def _weights_extent(path: Path) -> int:
     """The end of the furthest constant the .xml reads from its .bin."""
     extent = 0
-    for match in re.finditer(rb'<data\b[^>]*>', path.read_bytes()):
+    for match in re.finditer(rb"<data\b[^>]*>", path.read_bytes()):
         tag = match.group(0)
         offset, size = re.search(rb'\boffset="(\d+)"', tag), re.search(rb'\bsize="(\d+)"', tag)
         if offset and size:
@@ -121,14 +141,18 @@ def make_batch_dynamic(model) -> bool:
         return True
     fixed_before = [o.get_partial_shape() for o in model.outputs]
     try:
-        model.reshape({port: ov.PartialShape([ov.Dimension(-1), *list(shape)[1:]])
-                       for port, shape in original.items()})
+        model.reshape({port: ov.PartialShape([ov.Dimension(-1), *list(shape)[1:]]) for port, shape in original.items()})
     except Exception:
         return False
     for before, port in zip(fixed_before, model.outputs):
         after = port.get_partial_shape()
-        if before.rank.is_static and len(before) and before[0].is_static and before[0].get_length() in batch \
-                and after[0].is_static:
+        if (
+            before.rank.is_static
+            and len(before)
+            and before[0].is_static
+            and before[0].get_length() in batch
+            and after[0].is_static
+        ):
             model.reshape(original)
             return False
     return True
@@ -146,8 +170,10 @@ def static_mirror(ir_model: ir.Model, free: int) -> ir.Model | None:
     twin = model.clone()
     shapes = {}
     for port in twin.inputs:
-        dims = [d.get_length() if d.is_static else (1 if axis == 0 else free)
-                for axis, d in enumerate(port.get_partial_shape())]
+        dims = [
+            d.get_length() if d.is_static else (1 if axis == 0 else free)
+            for axis, d in enumerate(port.get_partial_shape())
+        ]
         shapes[port] = dims
     twin.reshape(shapes)
     return Mirror(twin).ir_model
@@ -177,8 +203,7 @@ class Mirror:
 
     def _value(self, port, const: np.ndarray | None = None) -> ir.Value:
         shape = port.get_partial_shape()
-        dims = None if shape.rank.is_dynamic else ir.Shape(
-            [d.get_length() if d.is_static else None for d in shape])
+        dims = None if shape.rank.is_dynamic else ir.Shape([d.get_length() if d.is_static else None for d in shape])
         dtype = ir.DataType.from_numpy(np.dtype(_DTYPES.get(port.get_element_type().get_type_name(), np.float32)))
         value = ir.Value(name=self._name(port), shape=dims, type=ir.TensorType(dtype))
         if const is not None:
@@ -239,105 +264,29 @@ def _attrs_json(node) -> str:
             return v.item()
         return v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
 
-    return json.dumps({"type": node.get_type_name(), "opset": node.get_type_info().version_id,
-                       "attributes": {k: plain(v) for k, v in node.get_attributes().items()}})
-
-
-def _const(value: ir.Value) -> np.ndarray | None:
-    return value.const_value.numpy() if value is not None and value.const_value is not None else None
+    return json.dumps(
+        {
+            "type": node.get_type_name(),
+            "opset": node.get_type_info().version_id,
+            "attributes": {k: plain(v) for k, v in node.get_attributes().items()},
+        }
+    )
 
 
 def _mirrored_node(node, inputs: list[ir.Value], outputs: list[ir.Value]) -> ir.Node:
     """One mirror node: the ONNX equivalent where the meaning matches, else the OpenVINO type in domain `ov`."""
     kind, attrs = node.get_type_name(), node.get_attributes()
-    translated = _translate(kind, attrs, inputs)
+    translated = translate(kind, attrs, inputs)
     if translated is None:  # opaque; its plain attributes stay readable (MatMul's transpose_b, MVN's eps)
         op_type, domain, onnx_inputs = kind, "ov", inputs
-        onnx_attrs = {k: int(v) if isinstance(v, bool) else v for k, v in attrs.items()
-                      if isinstance(v, (bool, int, float)) and not isinstance(v, np.generic)}
+        onnx_attrs = {
+            k: int(v) if isinstance(v, bool) else v
+            for k, v in attrs.items()
+            if isinstance(v, (bool, int, float)) and not isinstance(v, np.generic)
+        }
     else:
         op_type, onnx_inputs, onnx_attrs = translated
         domain = ""
     attributes = ir.convenience.convert_attributes(onnx_attrs) if onnx_attrs else []
     attributes = [*attributes, ir.AttrString(OV_ATTR, _attrs_json(node))]
-    return ir.Node(domain, op_type, onnx_inputs, attributes=attributes, outputs=outputs,
-                   name=node.get_friendly_name())
-
-
-_SAME_NAME = {"Add", "Relu", "Sigmoid", "Exp", "Erf", "Tanh", "Log", "Sqrt", "Abs", "Floor", "Concat", "Squeeze",
-              "Unsqueeze", "Tile", "TopK", "Softmax", "LogSoftmax", "PRelu", "Elu", "Gelu", "Mish", "Sign"}
-_RENAMED = {"Multiply": "Mul", "Subtract": "Sub", "Divide": "Div", "Power": "Pow", "Negative": "Neg",
-            "Maximum": "Max", "Minimum": "Min", "HSwish": "HardSwish", "HSigmoid": "HardSigmoid",
-            "SoftPlus": "Softplus", "ShapeOf": "Shape", "Ceiling": "Ceil"}
-
-
-def _translate(kind: str, attrs: dict, inputs: list[ir.Value]):
-    """(ONNX op, inputs, attributes) for an OpenVINO operation of the same meaning, or None."""
-    if kind in _SAME_NAME:
-        keep = {k: attrs[k] for k in ("axis",) if k in attrs and isinstance(attrs[k], int)}
-        return kind, inputs, keep
-    if kind in _RENAMED:
-        return _RENAMED[kind], inputs, {}
-    if kind in {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin", "ReduceL2"}:
-        return kind, inputs, {"keepdims": int(bool(attrs.get("keep_dims", False)))}
-    translate = _TRANSLATIONS.get(kind)
-    return translate(attrs, inputs) if translate else None
-
-
-def _transpose(attrs, inputs):
-    perm = _const(inputs[1])
-    return ("Transpose", inputs[:1], {"perm": [int(p) for p in perm]}) if perm is not None else None
-
-
-def _gather(attrs, inputs):
-    axis = _const(inputs[2])
-    return ("Gather", inputs[:2], {"axis": int(axis)}) if attrs.get("batch_dims", 0) == 0 and axis is not None \
-        else None
-
-
-def _slice(attrs, inputs):  # OpenVINO: data, start, stop, step, axes
-    return ("Slice", [inputs[0], inputs[1], inputs[2], inputs[4], inputs[3]], {}) if len(inputs) == 5 else None
-
-
-def _group_convolution(attrs, inputs):
-    return "Conv", inputs, {"group": int(inputs[1].shape[0]) if inputs[1].shape is not None else 1}
-
-
-def _matmul(attrs, inputs):
-    if not attrs.get("transpose_a") and not attrs.get("transpose_b"):
-        return "MatMul", inputs, {}
-    if not attrs.get("transpose_a") and inputs[0].shape is not None and len(inputs[0].shape) == 2:
-        return "Gemm", inputs, {"transB": 1}
-    return None
-
-
-def _avg_pool(attrs, inputs):
-    pads = [*attrs.get("pads_begin", []), *attrs.get("pads_end", [])]
-    return "AveragePool", inputs, {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
-                                   "pads": pads, "count_include_pad": int(not attrs.get("exclude-pad", True))}
-
-
-def _max_pool(attrs, inputs):
-    if not all(d == 1 for d in attrs.get("dilations", [1])):
-        return None
-    pads = [*attrs.get("pads_begin", []), *attrs.get("pads_end", [])]
-    same = str(attrs.get("auto_pad", "explicit")).lower().startswith("same")
-    return "MaxPool", inputs, {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
-                               "pads": pads, **({"auto_pad": "SAME_UPPER"} if same else {})}
-
-
-def _variadic_split(attrs, inputs):
-    axis = _const(inputs[1])
-    return ("Split", [inputs[0], inputs[2]], {"axis": int(axis)}) if axis is not None else None
-
-
-# OpenVINO operations whose ONNX form depends on their attributes or constant inputs (None: kept opaque).
-_TRANSLATIONS = {
-    "Reshape": lambda attrs, inputs: ("Reshape", inputs, {"allowzero": 0 if attrs.get("special_zero") else 1}),
-    "Transpose": _transpose, "Gather": _gather, "Slice": _slice,
-    "Convert": lambda attrs, inputs: ("Cast", inputs, {}),
-    "Convolution": lambda attrs, inputs: ("Conv", inputs, {}),
-    "GroupConvolution": _group_convolution, "MatMul": _matmul, "AvgPool": _avg_pool, "MaxPool": _max_pool,
-    "VariadicSplit": _variadic_split,
-    "Broadcast": lambda attrs, inputs: ("Expand", inputs, {}) if attrs.get("mode") == "bidirectional" else None,
-}
+    return ir.Node(domain, op_type, onnx_inputs, attributes=attributes, outputs=outputs, name=node.get_friendly_name())

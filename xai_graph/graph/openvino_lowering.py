@@ -41,7 +41,7 @@ def lower(mirror: Mirror, metadata: dict[str, str]):
             output.get_node().set_friendly_name(node.name)
             ports[value] = output
     results = []
-    for value in mirror.graph.outputs[mirror.original_outputs:]:
+    for value in mirror.graph.outputs[mirror.original_outputs :]:
         output = ports[value]
         output.get_tensor().set_names({value.name})
         result = ov.opset13.result(output)
@@ -72,8 +72,9 @@ def _lower_node(node: ir.Node, inputs: list) -> list:
     try:
         created = NodeFactory(spec["opset"]).create(spec["type"], list(inputs), spec["attributes"])
     except Exception as exc:
-        raise XaiGraphError(f"cannot copy OpenVINO operation {spec['type']} ({spec['opset']}): "
-                            f"{str(exc).strip().splitlines()[0][:160]}") from None
+        raise XaiGraphError(
+            f"cannot copy OpenVINO operation {spec['type']} ({spec['opset']}): {str(exc).strip().splitlines()[0][:160]}"
+        ) from None
     return list(created.outputs())
 
 
@@ -97,6 +98,7 @@ def _reduce(name: str):
     def lower(inputs, attrs):
         axes = inputs[1] if len(inputs) > 1 and inputs[1] is not None else _i64(attrs["axes"])
         return getattr(_ops(), name)(inputs[0], axes, bool(attrs.get("keepdims", 1))).output(0)
+
     return lower
 
 
@@ -112,9 +114,14 @@ def _slice(inputs, attrs):
 def _resize(inputs, attrs):
     ops = _ops()
     sizes = inputs[3]
-    return ops.interpolate(inputs[0], sizes, mode="linear", shape_calculation_mode="sizes",
-                           coordinate_transformation_mode=attrs.get("coordinate_transformation_mode", "half_pixel"),
-                           axes=_i64([0, 1, 2, 3])).output(0)
+    return ops.interpolate(
+        inputs[0],
+        sizes,
+        mode="linear",
+        shape_calculation_mode="sizes",
+        coordinate_transformation_mode=attrs.get("coordinate_transformation_mode", "half_pixel"),
+        axes=_i64([0, 1, 2, 3]),
+    ).output(0)
 
 
 def _conv(inputs, attrs):
@@ -144,8 +151,11 @@ def _gemm(inputs, attrs):
     if attrs.get("alpha", 1.0) != 1.0:
         out = ops.multiply(out, ops.constant(np.float32(attrs["alpha"])))
     if len(inputs) > 2 and inputs[2] is not None:
-        bias = inputs[2] if attrs.get("beta", 1.0) == 1.0 else ops.multiply(inputs[2],
-                                                                              ops.constant(np.float32(attrs["beta"])))
+        bias = (
+            inputs[2]
+            if attrs.get("beta", 1.0) == 1.0
+            else ops.multiply(inputs[2], ops.constant(np.float32(attrs["beta"])))
+        )
         out = ops.add(out, bias)
     return out.output(0)
 
@@ -153,8 +163,14 @@ def _gemm(inputs, attrs):
 def _topk(inputs, attrs):
     ops = _ops()
     k = ops.squeeze(inputs[1], _i64([0])) if inputs[1].get_partial_shape().rank.get_length() == 1 else inputs[1]
-    node = ops.topk(inputs[0], k, attrs.get("axis", -1), "max" if attrs.get("largest", 1) else "min",
-                    "value" if attrs.get("sorted", 1) else "none", "i64")
+    node = ops.topk(
+        inputs[0],
+        k,
+        attrs.get("axis", -1),
+        "max" if attrs.get("largest", 1) else "min",
+        "value" if attrs.get("sorted", 1) else "none",
+        "i64",
+    )
     return list(node.outputs())
 
 
@@ -189,6 +205,7 @@ def _variadic(name: str):  # ONNX Max / Min / Sum take any number of inputs, Ope
         for other in inputs[1:]:
             out = getattr(_ops(), name)(out, other).output(0)
         return out
+
     return lower
 
 
@@ -197,11 +214,24 @@ def _unary(name: str):
 
 
 _LOWERINGS: dict[str, Callable] = {
-    "Add": _binary("add"), "Sub": _binary("subtract"), "Mul": _binary("multiply"), "Div": _binary("divide"),
-    "Pow": _binary("power"), "Max": _variadic("maximum"), "Min": _variadic("minimum"), "Sum": _variadic("add"),
-    "Less": _binary("less"), "Equal": _binary("equal"),
-    "Sigmoid": _unary("sigmoid"), "Exp": _unary("exp"), "Sqrt": _unary("sqrt"), "Relu": _unary("relu"),
-    "Abs": _unary("abs"), "Neg": _unary("negative"), "Erf": _unary("erf"), "Tanh": _unary("tanh"),
+    "Add": _binary("add"),
+    "Sub": _binary("subtract"),
+    "Mul": _binary("multiply"),
+    "Div": _binary("divide"),
+    "Pow": _binary("power"),
+    "Max": _variadic("maximum"),
+    "Min": _variadic("minimum"),
+    "Sum": _variadic("add"),
+    "Less": _binary("less"),
+    "Equal": _binary("equal"),
+    "Sigmoid": _unary("sigmoid"),
+    "Exp": _unary("exp"),
+    "Sqrt": _unary("sqrt"),
+    "Relu": _unary("relu"),
+    "Abs": _unary("abs"),
+    "Neg": _unary("negative"),
+    "Erf": _unary("erf"),
+    "Tanh": _unary("tanh"),
     "Round": lambda i, a: _ops().round(i[0], "half_to_even").output(0),
     "Identity": lambda i, a: i[0],
     "MatMul": lambda i, a: _ops().matmul(i[0], i[1], False, False).output(0),
@@ -210,15 +240,21 @@ _LOWERINGS: dict[str, Callable] = {
     "Transpose": lambda i, a: _ops().transpose(i[0], _i64(a["perm"])).output(0),
     "Concat": lambda i, a: _ops().concat(i, a["axis"]).output(0),
     "Unsqueeze": lambda i, a: _ops().unsqueeze(i[0], i[1] if len(i) > 1 else _i64(a["axes"])).output(0),
-    "Squeeze": lambda i, a: (_ops().squeeze(i[0], i[1] if len(i) > 1 else _i64(a["axes"])) if len(i) > 1
-                             or "axes" in a else _ops().squeeze(i[0])).output(0),
+    "Squeeze": lambda i, a: (
+        _ops().squeeze(i[0], i[1] if len(i) > 1 else _i64(a["axes"]))
+        if len(i) > 1 or "axes" in a
+        else _ops().squeeze(i[0])
+    ).output(0),
     "Slice": _slice,
     "Gather": lambda i, a: _ops().gather(i[0], i[1], _i64(a.get("axis", 0))).output(0),
     "GatherElements": lambda i, a: _ops().gather_elements(i[0], i[1], a.get("axis", 0)).output(0),
     "Shape": lambda i, a: _ops().shape_of(i[0], "i64").output(0),
     "Softmax": lambda i, a: _ops().softmax(i[0], a.get("axis", -1)).output(0),
-    "ReduceMean": _reduce("reduce_mean"), "ReduceMax": _reduce("reduce_max"), "ReduceSum": _reduce("reduce_sum"),
-    "ReduceMin": _reduce("reduce_min"), "ReduceL2": _reduce("reduce_l2"),
+    "ReduceMean": _reduce("reduce_mean"),
+    "ReduceMax": _reduce("reduce_max"),
+    "ReduceSum": _reduce("reduce_sum"),
+    "ReduceMin": _reduce("reduce_min"),
+    "ReduceL2": _reduce("reduce_l2"),
     "Cast": _cast,
     "Expand": lambda i, a: _ops().broadcast(i[0], i[1], "bidirectional").output(0),
     "Where": lambda i, a: _ops().select(i[0], i[1], i[2]).output(0),

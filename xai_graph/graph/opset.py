@@ -30,15 +30,20 @@ def with_opset_at_least(model: ir.Model, minimum: int = MIN_OPSET) -> ir.Model:
         return model
     # The converter rewrites op versions, never weights: it gets the graph without them (as in shape inference,
     # serialising 100 MB of weights through it cost most of a second), and they are put back by name.
-    weights = {name: value.const_value for name, value in model.graph.initializers.items()
-               if value.const_value is not None and value.const_value.size > _SMALL}
+    weights = {
+        name: value.const_value
+        for name, value in model.graph.initializers.items()
+        if value.const_value is not None and value.const_value.size > _SMALL
+    }
     proto = ir.serde.serialize_model(_without(model, weights))
     try:
         converted = onnx.version_converter.convert_version(proto, minimum)
     except Exception as exc:  # the converter raises RuntimeError and ValueError alike
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise XaiGraphError(f"the model is at opset {opset}, older than the {minimum} the heads are written for, "
-                            f"and onnx's version converter could not raise it ({first})") from None
+        raise XaiGraphError(
+            f"the model is at opset {opset}, older than the {minimum} the heads are written for, "
+            f"and onnx's version converter could not raise it ({first})"
+        ) from None
     result = ir.serde.deserialize_model(converted)
     for name, tensor in weights.items():
         result.graph.initializers[name].const_value = tensor
@@ -46,8 +51,11 @@ def with_opset_at_least(model: ir.Model, minimum: int = MIN_OPSET) -> ir.Model:
     source = model.meta.get("xai_graph.source")
     if source:
         ir_external_data.set_base_dir(result.graph, str(Path(source).parent))
-    warnings.warn(f"opset {opset} raised to {minimum} with onnx.version_converter, so that the head's ops exist; "
-                  "the original outputs are unchanged", stacklevel=3)
+    warnings.warn(
+        f"opset {opset} raised to {minimum} with onnx.version_converter, so that the head's ops exist; "
+        "the original outputs are unchanged",
+        stacklevel=3,
+    )
     return result
 
 
@@ -55,8 +63,9 @@ def _without(model: ir.Model, weights: dict) -> ir.Model:
     """A shallow copy of `model` whose large initializers hold empty placeholders of the same type and shape."""
     copy = model.clone()
     for name, tensor in weights.items():
-        placeholder = ir.ExternalTensor("weights.placeholder", offset=0, length=0, dtype=tensor.dtype,
-                                        shape=tensor.shape, name=name)
+        placeholder = ir.ExternalTensor(
+            "weights.placeholder", offset=0, length=0, dtype=tensor.dtype, shape=tensor.shape, name=name
+        )
         copy.graph.initializers[name].const_value = placeholder
     return copy
 

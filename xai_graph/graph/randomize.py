@@ -19,9 +19,15 @@ WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 def weighted_layers(model: ir.Model) -> list[ir.Node]:
     """Nodes with a constant float weight (their second input), in graph (topological) order."""
-    return [node for node in model.graph
-            if node.op_type in WEIGHTED_OPS and len(node.inputs) > 1 and node.inputs[1] is not None
-            and node.inputs[1].const_value is not None and node.inputs[1].dtype == ir.DataType.FLOAT]
+    return [
+        node
+        for node in model.graph
+        if node.op_type in WEIGHTED_OPS
+        and len(node.inputs) > 1
+        and node.inputs[1] is not None
+        and node.inputs[1].const_value is not None
+        and node.inputs[1].dtype == ir.DataType.FLOAT
+    ]
 
 
 def randomize_last_layers(model: ir.Model, layers: int, seed: int = 0) -> list[str]:

@@ -35,8 +35,10 @@ def _check_opset(proto: onnx.ModelProto) -> None:
     newest = onnx.defs.onnx_opset_version()
     for opset in proto.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > newest:
-            raise XaiGraphError(f"the model is stamped opset {opset.version}, newer than the {newest} that onnx "
-                                f"{onnx.__version__} and the runtimes here know; export it at opset {newest} or older")
+            raise XaiGraphError(
+                f"the model is stamped opset {opset.version}, newer than the {newest} that onnx "
+                f"{onnx.__version__} and the runtimes here know; export it at opset {newest} or older"
+            )
 
 
 def _check_domains(proto: onnx.ModelProto) -> None:
@@ -44,8 +46,10 @@ def _check_domains(proto: onnx.ModelProto) -> None:
     unknown = Counter(f"{n.domain}.{n.op_type}" for n in proto.graph.node if n.domain not in KNOWN_DOMAINS | local)
     if unknown:
         ops = ", ".join(name for name, _ in unknown.most_common(3))
-        raise XaiGraphError(f"the model uses operators of a custom domain ({ops}) that ONNX Runtime and OpenVINO "
-                            "cannot run without their plug-in; export it with standard ONNX operators")
+        raise XaiGraphError(
+            f"the model uses operators of a custom domain ({ops}) that ONNX Runtime and OpenVINO "
+            "cannot run without their plug-in; export it with standard ONNX operators"
+        )
 
 
 def _check_input(value: onnx.ValueInfoProto, initializers: set[str]) -> None:
@@ -58,8 +62,10 @@ def _check_input(value: onnx.ValueInfoProto, initializers: set[str]) -> None:
     for dim in dims[1:]:  # per image: the batch axis does not count
         elements *= dim or 1
     if elements > MAX_INPUT_ELEMENTS:
-        raise XaiGraphError(f"input '{value.name}' {_shape(dims)} takes {elements / 1e6:.0f} M values per image, "
-                            f"more than the {MAX_INPUT_ELEMENTS / 1e6:.0f} M (3 x 4096 x 4096) xai-graph accepts")
+        raise XaiGraphError(
+            f"input '{value.name}' {_shape(dims)} takes {elements / 1e6:.0f} M values per image, "
+            f"more than the {MAX_INPUT_ELEMENTS / 1e6:.0f} M (3 x 4096 x 4096) xai-graph accepts"
+        )
 
 
 def _rename_duplicate_nodes(graph: onnx.GraphProto) -> None:
@@ -78,8 +84,11 @@ def _rename_duplicate_nodes(graph: onnx.GraphProto) -> None:
             node.name = f"{node.name}__{suffix}"
             taken.add(node.name)
         seen.add(node.name)
-    warnings.warn(f"{len(repeated)} node name(s) used more than once (ONNX Runtime refuses that): renamed the "
-                  "repeats with a __N suffix", stacklevel=4)
+    warnings.warn(
+        f"{len(repeated)} node name(s) used more than once (ONNX Runtime refuses that): renamed the "
+        "repeats with a __N suffix",
+        stacklevel=4,
+    )
 
 
 def check_input_dims(name: str, dims: list[int | None]) -> None:

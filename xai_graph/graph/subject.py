@@ -35,9 +35,16 @@ class Subject(Protocol):
 SUBJECT_KINDS: tuple[type, ...] = (DetectorClassMaps, TransformerBlock, Target)  # in the order they are looked for
 
 
-def find_subject(model: ir.Model, *, target_layer: str | None = None, scores: str | None = None,
-                 class_maps: list[str] | None = None, num_anchors: list[int] | None = None,
-                 num_classes: int | None = None, need_scores: bool = True) -> Subject:
+def find_subject(
+    model: ir.Model,
+    *,
+    target_layer: str | None = None,
+    scores: str | None = None,
+    class_maps: list[str] | None = None,
+    num_anchors: list[int] | None = None,
+    num_classes: int | None = None,
+    need_scores: bool = True,
+) -> Subject:
     """The detector's class maps, the transformer's last block, or the CNN's target map, in that order.
 
     A named `target_layer` is always a CNN-style target (and `scores` rules out detectors). `need_scores`

@@ -19,9 +19,15 @@ from xai_graph.graph.analysis import GraphIndex
 from xai_graph.graph.builder import GraphBuilder
 
 
-def clone_tail(builder: GraphBuilder, tail: Sequence[ir.Node], start: ir.Value,
-               new_start: ir.Value, end: ir.Value, also: dict[ir.Value, ir.Value] | None = None,
-               index: GraphIndex | None = None) -> ir.Value:
+def clone_tail(
+    builder: GraphBuilder,
+    tail: Sequence[ir.Node],
+    start: ir.Value,
+    new_start: ir.Value,
+    end: ir.Value,
+    also: dict[ir.Value, ir.Value] | None = None,
+    index: GraphIndex | None = None,
+) -> ir.Value:
     """Append a copy of `tail` reading `new_start` where the original reads `start`; return the copy of `end`.
 
     `also` substitutes further values inside the tail (ViT Recipro-CAM masks a block's
@@ -32,16 +38,19 @@ def clone_tail(builder: GraphBuilder, tail: Sequence[ir.Node], start: ir.Value,
     tail = [n for n in tail if not all(v in also for v in n.outputs)]
     index = index or GraphIndex(builder.graph)
     foreign = [v for v in index.foreign_inputs(start, tail) if v not in also]
-    reshapes_only = all(all(use.node.op_type == "Reshape" and use.idx == 1 for use in v.uses()
-                            if use.node in tail) for v in foreign)
+    reshapes_only = all(
+        all(use.node.op_type == "Reshape" and use.idx == 1 for use in v.uses() if use.node in tail) for v in foreign
+    )
     if foreign and not reshapes_only:
         names = ", ".join(v.name for v in foreign)
         raise XaiGraphError(f"the layers after '{start.name}' also read {names}; it cannot be cloned alone")
     shaped = [v for v in _shape_derived_inputs(tail) if v not in index.data_dependent and v not in also]
     if shaped:
-        raise XaiGraphError(f"the layers after '{start.name}' read '{shaped[0].name}', computed from the input's "
-                            "shape (as torch's dynamo exporter writes as_strided); it cannot run at another batch: "
-                            f"export with dynamo=False, or use {option_text('algo', 'activationmap')} or eigencam")
+        raise XaiGraphError(
+            f"the layers after '{start.name}' read '{shaped[0].name}', computed from the input's "
+            "shape (as torch's dynamo exporter writes as_strided); it cannot run at another batch: "
+            f"export with dynamo=False, or use {option_text('algo', 'activationmap')} or eigencam"
+        )
     mapping = clone_nodes(builder, tail, {start: new_start, **also}, batch_free=True)
     return mapping[end]
 
@@ -73,8 +82,9 @@ def _computed_from_a_shape(value: ir.Value) -> bool:
     return False
 
 
-def clone_nodes(builder: GraphBuilder, nodes: Sequence[ir.Node], mapping: dict[ir.Value, ir.Value],
-                batch_free: bool = False) -> dict[ir.Value, ir.Value]:
+def clone_nodes(
+    builder: GraphBuilder, nodes: Sequence[ir.Node], mapping: dict[ir.Value, ir.Value], batch_free: bool = False
+) -> dict[ir.Value, ir.Value]:
     """Append copies of `nodes` (in order) reading `mapping[v]` wherever they read `v`; return the mapping
     extended with every copied output.
 
@@ -90,8 +100,11 @@ def clone_nodes(builder: GraphBuilder, nodes: Sequence[ir.Node], mapping: dict[i
         if batch_free and node.op_type == "Reshape" and node.inputs[1] not in mapping:
             inputs[1] = _batch_free_shape(builder, node)
             attrs.pop("allowzero", None)  # the runtime form copies the batch with 0
-        outputs = builder.op_multi(node.op_type, *inputs, num_outputs=len(node.outputs), **attrs) \
-            if node.domain == "" else _clone_custom(builder, node, inputs)
+        outputs = (
+            builder.op_multi(node.op_type, *inputs, num_outputs=len(node.outputs), **attrs)
+            if node.domain == ""
+            else _clone_custom(builder, node, inputs)
+        )
         mapping.update(zip(node.outputs, outputs))
     return mapping
 
@@ -111,8 +124,10 @@ def _batch_free_shape(builder: GraphBuilder, node: ir.Node) -> ir.Value:
     if out.shape is None or batch is None or out.shape[0] != batch:
         # The shape is computed outside the tail and its first axis is not the batch (say, a
         # sequence-first attention layout): nothing here knows where the batch goes.
-        raise XaiGraphError(f"cannot clone the layers after the map: Reshape '{node.name}' takes a shape computed "
-                            "outside them whose first axis is not the batch")
+        raise XaiGraphError(
+            f"cannot clone the layers after the map: Reshape '{node.name}' takes a shape computed "
+            "outside them whose first axis is not the batch"
+        )
     tail_of_shape = builder.op("Slice", node.inputs[1], builder.ints([1]), builder.ints([2**62]), builder.ints([0]))
     return builder.op("Concat", builder.ints([0]), tail_of_shape, axis=0)
 
@@ -123,7 +138,13 @@ def _copy_attr(attr: ir.Attr):
 
 def _clone_custom(builder: GraphBuilder, node: ir.Node, inputs) -> Sequence[ir.Value]:
     name = builder._name(node.op_type)
-    clone = ir.Node(node.domain, node.op_type, inputs, attributes=[_copy_attr(a) for a in node.attributes.values()],
-                    num_outputs=len(node.outputs), name=name)
+    clone = ir.Node(
+        node.domain,
+        node.op_type,
+        inputs,
+        attributes=[_copy_attr(a) for a in node.attributes.values()],
+        num_outputs=len(node.outputs),
+        name=name,
+    )
     builder.graph.append(clone)
     return clone.outputs

@@ -30,11 +30,44 @@ _PASS_THROUGH = {"Identity"}
 # Ops that make channels-first maps, and ops a map keeps its layout through: a rank-4 value counts as an
 # NCHW map (a fallback target) only when made by the first kind, so a channels-last [B, H, W, C] value of a
 # transformer is never read as NCHW.
-_CHANNELS_FIRST_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool", "LRN",
-                       "InstanceNormalization", "Resize", "Upsample"}
-_LAYOUT_KEEPING_OPS = {"Relu", "Clip", "Sigmoid", "Mul", "Add", "Div", "Sub", "HardSwish", "HardSigmoid",
-                       "LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Identity", "Dropout", "Pad", "Concat", "Sum",
-                       "Max", "Min", "Softplus", "Mish", "Gelu", "Erf"}
+_CHANNELS_FIRST_OPS = {
+    "Conv",
+    "ConvTranspose",
+    "BatchNormalization",
+    "MaxPool",
+    "AveragePool",
+    "LRN",
+    "InstanceNormalization",
+    "Resize",
+    "Upsample",
+}
+_LAYOUT_KEEPING_OPS = {
+    "Relu",
+    "Clip",
+    "Sigmoid",
+    "Mul",
+    "Add",
+    "Div",
+    "Sub",
+    "HardSwish",
+    "HardSigmoid",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Tanh",
+    "Identity",
+    "Dropout",
+    "Pad",
+    "Concat",
+    "Sum",
+    "Max",
+    "Min",
+    "Softplus",
+    "Mish",
+    "Gelu",
+    "Erf",
+}
 _MAX_CANDIDATES = 8
 # A fallback map (no global pooling) is refused when the tail after it holds more of the network than this.
 _MAX_TAIL_SHARE = 0.5
@@ -71,8 +104,10 @@ class Target:
 
     def record(self) -> dict[str, str]:
         """What the model's metadata records about it (beyond the values a method explains)."""
-        found = {"xai_graph.scores": self.scores.name if self.scores is not None else "",
-                 "xai_graph.scores_activation": self.final_activation or "none"}
+        found = {
+            "xai_graph.scores": self.scores.name if self.scores is not None else "",
+            "xai_graph.scores_activation": self.final_activation or "none",
+        }
         return found if self.layout.kind == "NCHW" else {**found, "xai_graph.layout": self.layout.kind}
 
 
@@ -130,7 +165,8 @@ def find_scores(graph: ir.Graph, name: str | None = None, index: GraphIndex | No
         f"no class-score output [B, K] among the outputs ({shapes}), and no single-stage detector class maps "
         "(spatial maps reaching an output through Reshape/Transpose/Concat/Split/Slice and a Sigmoid or Softmax); "
         f"for a detector (two-stage included) name the class maps with {option_text('class_maps', 'VALUE')}, or "
-        f"explain a feature map with {option_text('algo', 'activationmap')} {option_text('target_layer', 'NAME')}")
+        f"explain a feature map with {option_text('algo', 'activationmap')} {option_text('target_layer', 'NAME')}"
+    )
 
 
 def strip_score_activation(scores: ir.Value) -> tuple[ir.Value, str | None]:
@@ -211,8 +247,13 @@ def _has_spatial_extent(value: ir.Value, layout: Layout = Layout()) -> bool:
     return layout.static_grid(value) != (1, 1)
 
 
-def find_target(model: ir.Model, target_layer: str | None = None, need_scores: bool = True,
-                scores_name: str | None = None, index: GraphIndex | None = None) -> Target:
+def find_target(
+    model: ir.Model,
+    target_layer: str | None = None,
+    need_scores: bool = True,
+    scores_name: str | None = None,
+    index: GraphIndex | None = None,
+) -> Target:
     """The map to explain; `need_scores=False` (class-agnostic methods) accepts a named map in any model."""
     graph = model.graph
     index = index or GraphIndex(graph)
@@ -237,8 +278,11 @@ class _TargetSearch:
         self.graph, self.index, self.scores = graph, index, scores
         self.logits, self.activation = strip_score_activation(scores)
         self.ancestors = index.ancestors(self.logits)
-        self.pools = [Pool(node, node.inputs[0], False, layout) for node in index.nodes
-                      if node in self.ancestors and (layout := pool_layout(node)) is not None]
+        self.pools = [
+            Pool(node, node.inputs[0], False, layout)
+            for node in index.nodes
+            if node in self.ancestors and (layout := pool_layout(node)) is not None
+        ]
         for pool in self.pools:
             pool.feeds_scores = self.is_sole_source(pool.node.outputs[0])
         self.candidates = self._candidates()
@@ -248,8 +292,13 @@ class _TargetSearch:
 
     def is_candidate(self, v: ir.Value) -> bool:  # (a node's other outputs, such as MaxPool's indices, may not feed it)
         feeds_scores = any(user in self.ancestors for user in v.consumers())
-        return (feeds_scores and _has_spatial_extent(v) and v in self.index.data_dependent
-                and _made_channels_first(v, self.index) and self.is_sole_source(v))
+        return (
+            feeds_scores
+            and _has_spatial_extent(v)
+            and v in self.index.data_dependent
+            and _made_channels_first(v, self.index)
+            and self.is_sole_source(v)
+        )
 
     def _candidates(self) -> list[ir.Value]:
         """The last few maps, in graph order; checking every value of a deep network would cost O(nodes^2)."""
@@ -262,8 +311,17 @@ class _TargetSearch:
         return candidates
 
     def target(self, value: ir.Value, reason: str, layout: Layout = Layout()) -> Target:
-        return Target(value, self.scores, self.logits, self.activation, reason,
-                      self.index.path_nodes(value, self.logits), self.pools, self.candidates, layout)
+        return Target(
+            value,
+            self.scores,
+            self.logits,
+            self.activation,
+            reason,
+            self.index.path_nodes(value, self.logits),
+            self.pools,
+            self.candidates,
+            layout,
+        )
 
     def named(self, target_layer: str) -> Target:
         value = _named_value(self.graph, target_layer)
@@ -274,8 +332,10 @@ class _TargetSearch:
         if spatial_size(value) is None:
             raise XaiGraphError(f"{named_as} is {shape_text(value)}, not a [B, C, h, w] map")
         if not self.is_candidate(value):
-            raise XaiGraphError(f"the scores are not a function of {target_layer!r} alone (other activations join "
-                                f"after it); candidate maps: {maps}")
+            raise XaiGraphError(
+                f"the scores are not a function of {target_layer!r} alone (other activations join "
+                f"after it); candidate maps: {maps}"
+            )
         return self.target(value, "named with --target-layer")
 
     def chosen(self) -> Target:
@@ -285,22 +345,29 @@ class _TargetSearch:
         if head_pools:
             pool = head_pools[-1]
             where = "" if pool.layout.kind == "NCHW" else f" ({pool.layout.kind} layout)"
-            return self.target(pool.input, f"input of {pool.node.op_type} '{pool.node.name}', the pooling that "
-                                            f"feeds '{scores.name}'{where}", pool.layout)
+            return self.target(
+                pool.input,
+                f"input of {pool.node.op_type} '{pool.node.name}', the pooling that feeds '{scores.name}'{where}",
+                pool.layout,
+            )
         if self.candidates:
-            chosen = self.target(self.candidates[-1],
-                                 f"last spatial map before the classifier of '{scores.name}' (no global pooling)")
+            chosen = self.target(
+                self.candidates[-1], f"last spatial map before the classifier of '{scores.name}' (no global pooling)"
+            )
             share = work_fraction(self.graph, chosen.tail)
             if share is not None and share > _MAX_TAIL_SHARE:
                 raise XaiGraphError(
                     f"the last spatial map the scores depend on, '{chosen.value.name}', comes before "
                     f"{100 * share:.0f}% of the network (a transformer's patch embedding, say): its map would not "
-                    f"explain the scores; name a map with {option_text('target_layer', 'NAME')}")
+                    f"explain the scores; name a map with {option_text('target_layer', 'NAME')}"
+                )
             return chosen
-        raise XaiGraphError(f"'{scores.name}' is fed by no spatial map [B, C, h, w] (CNN) and by no recognised "
-                            "transformer block (tokens [B, E + h*w, D], E <= 8 extra tokens, through pre-norm blocks "
-                            "and a final layer norm); this is neither a CNN nor a ViT-style classifier: name a map "
-                            f"with {option_text('target_layer', 'NAME')}")
+        raise XaiGraphError(
+            f"'{scores.name}' is fed by no spatial map [B, C, h, w] (CNN) and by no recognised "
+            "transformer block (tokens [B, E + h*w, D], E <= 8 extra tokens, through pre-norm blocks "
+            "and a final layer norm); this is neither a CNN nor a ViT-style classifier: name a map "
+            f"with {option_text('target_layer', 'NAME')}"
+        )
 
 
 def _named_value(graph: ir.Graph, name: str) -> ir.Value | None:

@@ -30,21 +30,49 @@ from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.layout import square_grid
 from xai_graph.graph.targets import find_scores, strip_score_activation
 from xai_graph.graph.twin import static_twin
+from xai_graph.graph.layer_norm import (
+    LayerNorm,
+    is_last_axis_mvn,
+    layer_norms,
+    other_input,
+    producer,
+    reduces_last_axis,
+)
 
 _ELEMENTWISE = {"Mul", "Div", "Add", "Sub"}
 _MAX_EXTRA_TOKENS = 8  # class, distillation (DeiT) and register tokens (DINOv2 with registers: 1 + 4)
 # Ops after attention that act on each token alone, so a token's row can be computed on its own.
-_PER_TOKEN = _ELEMENTWISE | {"LayerNormalization", "Reshape", "Transpose", "Erf", "Gelu", "Relu",
-                             "Sigmoid", "Tanh", "Pow", "Sqrt", "ReduceMean", "Cast", "Identity", "Shape", "Gather",
-                             "Slice", "Concat", "Unsqueeze", "Squeeze", "Constant", "Flatten", "HardSigmoid",
-                             "HardSwish", "Softplus", "Reciprocal", "Neg", "Min", "Max", "Clip"}
-
-
-@dataclass
-class LayerNorm:
-    input: ir.Value
-    output: ir.Value
-    nodes: list[ir.Node]  # one LayerNormalization node, or its decomposition in graph order
+_PER_TOKEN = _ELEMENTWISE | {
+    "LayerNormalization",
+    "Reshape",
+    "Transpose",
+    "Erf",
+    "Gelu",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Pow",
+    "Sqrt",
+    "ReduceMean",
+    "Cast",
+    "Identity",
+    "Shape",
+    "Gather",
+    "Slice",
+    "Concat",
+    "Unsqueeze",
+    "Squeeze",
+    "Constant",
+    "Flatten",
+    "HardSigmoid",
+    "HardSwish",
+    "Softplus",
+    "Reciprocal",
+    "Neg",
+    "Min",
+    "Max",
+    "Clip",
+}
 
 
 @dataclass
@@ -109,62 +137,9 @@ class TransformerBlock:
         return b.op("Slice", self.tokens, b.ints([self.extra_tokens]), b.ints([2**62]), b.ints([1]))
 
 
-def _producer(value: ir.Value | None, *ops: str) -> ir.Node | None:
-    node = value.producer() if value is not None else None
-    return node if node is not None and node.op_type in ops else None
-
-
-def _other_input(node: ir.Node, value: ir.Value) -> ir.Value | None:
-    others = [v for v in node.inputs if v is not value]
-    return others[0] if len(others) == 1 else None
-
-
-def _with_affine(nodes: list[ir.Node]) -> LayerNorm:
-    """The norm extended through the Mul (weight) and Add (bias) that follow it, where they are constants."""
-    out = nodes[-1].outputs[0]
-    for op in ("Mul", "Add"):
-        users = out.consumers()
-        if len(users) == 1 and users[0].op_type == op and constant_array(_other_input(users[0], out)) is not None:
-            nodes.append(users[0])
-            out = users[0].outputs[0]
-    return LayerNorm(nodes[0].inputs[0], out, nodes)
-
-
-def _decomposed_norm(div: ir.Node) -> LayerNorm | None:
-    """(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* weight] [+ bias], from its Div."""
-    centred = _producer(div.inputs[0], "Sub")
-    root = _producer(div.inputs[1], "Sqrt")
-    mean = _producer(centred.inputs[1], "ReduceMean") if centred else None
-    if mean is None or root is None or mean.inputs[0] is not centred.inputs[0]:
-        return None
-    plus_eps = _producer(root.inputs[0], "Add")
-    variance = next((p for v in plus_eps.inputs if (p := _producer(v, "ReduceMean"))), None) if plus_eps else None
-    square = _producer(variance.inputs[0], "Pow", "Mul") if variance else None
-    if square is None or centred.outputs[0] not in square.inputs:
-        return None
-    return _with_affine([mean, centred, square, variance, plus_eps, root, div])
-
-
-def _is_last_axis_mvn(node: ir.Node) -> bool:
-    """OpenVINO's MVN over the last axis with variance: a layer norm without its affine part."""
-    if node.domain != "ov" or node.op_type != "MVN" or not node.attributes.get_int("normalize_variance", 0):
-        return False
-    return _reduces_last_axis(node)
-
-
-def layer_norms(graph: ir.Graph) -> list[LayerNorm]:
-    norms = []
-    for node in graph:
-        if node.op_type == "LayerNormalization" or _is_last_axis_mvn(node):
-            norms.append(_with_affine([node]) if node.op_type == "MVN" else
-                         LayerNorm(node.inputs[0], node.outputs[0], [node]))
-        elif node.op_type == "Div" and (norm := _decomposed_norm(node)) is not None:
-            norms.append(norm)
-    return norms
-
-
-def find_transformer(model: ir.Model, scores_name: str | None = None,
-                     index: GraphIndex | None = None) -> TransformerBlock | None:
+def find_transformer(
+    model: ir.Model, scores_name: str | None = None, index: GraphIndex | None = None
+) -> TransformerBlock | None:
     graph = model.graph
     try:
         scores = find_scores(graph, scores_name, index)
@@ -177,9 +152,9 @@ def find_transformer(model: ir.Model, scores_name: str | None = None,
     if not norms:
         return None
     final_norm = max(norms, key=lambda n: index.position[n.output.producer()])
-    y = _producer(final_norm.input, "Add")
+    y = producer(final_norm.input, "Add")
     mlp_skip = _residual_skip(y, index) if y is not None else None
-    residual = _producer(mlp_skip, "Add")
+    residual = producer(mlp_skip, "Add")
     x = _residual_skip(residual, index) if residual is not None else None
     if x is None:
         return None
@@ -195,10 +170,22 @@ def find_transformer(model: ir.Model, scores_name: str | None = None,
             break
     else:
         return None
-    block = TransformerBlock(x, norm1, final_norm.input, scores, logits, activation, extra_tokens, grid,
-                             index.path_nodes(x, logits), index.path_nodes(final_norm.input, logits))
-    block.reason = (f"input of the last encoder block (before '{norm1.nodes[0].name}'), {grid[0]}x{grid[1]} "
-                    f"patches and {extra_tokens} extra token(s)")
+    block = TransformerBlock(
+        x,
+        norm1,
+        final_norm.input,
+        scores,
+        logits,
+        activation,
+        extra_tokens,
+        grid,
+        index.path_nodes(x, logits),
+        index.path_nodes(final_norm.input, logits),
+    )
+    block.reason = (
+        f"input of the last encoder block (before '{norm1.nodes[0].name}'), {grid[0]}x{grid[1]} "
+        f"patches and {extra_tokens} extra token(s)"
+    )
     block.attention, block.why_cloned = _find_attention(index, block, residual.outputs[0])
     return block
 
@@ -248,8 +235,13 @@ def _find_attention(index: GraphIndex, block: TransformerBlock, attended: ir.Val
     matmul = value.producer()
     probabilities = _past_identities(softmax.outputs[0])
     users = probabilities.consumers()
-    if matmul is None or matmul.op_type != "MatMul" or len(users) != 1 or users[0].op_type != "MatMul" \
-            or users[0].inputs[0] is not probabilities:
+    if (
+        matmul is None
+        or matmul.op_type != "MatMul"
+        or len(users) != 1
+        or users[0].op_type != "MatMul"
+        or users[0].inputs[0] is not probabilities
+    ):
         return None, "the attention is not softmax(Q @ K^T) @ V written with MatMul"
     attention = Attention(*matmul.inputs, users[0].inputs[1], users[0].outputs[0], [matmul, *logit_nodes], [], [])
     why = _axes_mismatch(attention, matmul, softmax, tokens)
@@ -264,7 +256,7 @@ def _logit_scalings(index: GraphIndex, softmax: ir.Node, tokens) -> tuple[list[i
         data = [v for v in node.inputs if v in index.data_dependent]
         if len(node.inputs) != 2 or len(data) != 1:
             return [], value, f"'{node.name}' before the attention Softmax is not a scaling by a constant"
-        other = _other_input(node, data[0])
+        other = other_input(node, data[0])
         constant = constant_array(other)
         shape = list(other.shape) if other.shape is not None else constant.shape if constant is not None else None
         rows = known_dim(shape[-2]) if shape is not None and len(shape) >= 2 else 1
@@ -302,8 +294,13 @@ def _past_identities(value: ir.Value) -> ir.Value:
             continue
         guard = [u for u in users if u.op_type == "Where"]
         checks = [u for u in users if u.op_type == "IsNaN"]
-        if len(users) == 2 and len(guard) == 1 and len(checks) == 1 and guard[0].inputs[0] is checks[0].outputs[0] \
-                and guard[0].inputs[2] is value:
+        if (
+            len(users) == 2
+            and len(guard) == 1
+            and len(checks) == 1
+            and guard[0].inputs[0] is checks[0].outputs[0]
+            and guard[0].inputs[2] is value
+        ):
             value = guard[0].outputs[0]
             continue
         break
@@ -315,14 +312,22 @@ def _fused_attention(index: GraphIndex, block: TransformerBlock, sdpa: ir.Node) 
     query, keys, values, mask_value, scale_value = [*sdpa.inputs, None, None][:5]
     mask = constant_array(mask_value)
     depth = known_dim(query.shape[-1]) if query.shape is not None else None
-    if sdpa.attributes.get_int("causal", 0) or not isinstance(depth, int) \
-            or (mask_value is not None and (mask is None or mask.size != 1)) \
-            or scale_value in index.data_dependent:
+    if (
+        sdpa.attributes.get_int("causal", 0)
+        or not isinstance(depth, int)
+        or (mask_value is not None and (mask is None or mask.size != 1))
+        or scale_value in index.data_dependent
+    ):
         return None, "the fused attention has a mask over tokens, a causal flag or an unknown attention-head size"
     # The scale is a constant, or computed from shapes only (then read from the model at run time).
     constant_scale = constant_array(scale_value)
-    scale = (float(constant_scale.reshape(())) if constant_scale is not None
-             else scale_value if scale_value is not None else depth ** -0.5)
+    scale = (
+        float(constant_scale.reshape(()))
+        if constant_scale is not None
+        else scale_value
+        if scale_value is not None
+        else depth**-0.5
+    )
     tokens = block.tokens.shape[1]
     if any(v.shape is None or known_dim(v.shape[-2]) != tokens for v in (query, keys, values, sdpa.outputs[0])):
         return None, "the fused attention's token axes are not where they should be"
@@ -333,9 +338,15 @@ def _fused_attention(index: GraphIndex, block: TransformerBlock, sdpa: ir.Node) 
 def _checked(index: GraphIndex, block: TransformerBlock, att: Attention) -> tuple[Attention | None, str]:
     """Fill in and check what the class-token form relies on around the attention core."""
     n, x = block.normalised, block.tokens
-    att.projections = sorted({node for v in (att.keys, att.values) for node in index.path_nodes(n, v)
-                              if any(o in index.data_dependent for o in node.outputs)},
-                             key=index.position.__getitem__)
+    att.projections = sorted(
+        {
+            node
+            for v in (att.keys, att.values)
+            for node in index.path_nodes(n, v)
+            if any(o in index.data_dependent for o in node.outputs)
+        },
+        key=index.position.__getitem__,
+    )
     if any(index.foreign_inputs(n, nodes) for nodes in (att.projections, index.path_nodes(n, att.query))):
         return None, "the attention's Q, K or V read more than LN1's output"
     att.after = index.path_nodes(att.output, block.block_output)
@@ -369,13 +380,7 @@ def _per_token(node: ir.Node, index: GraphIndex) -> bool:
     if node.op_type in ("MatMul", "Gemm"):  # a linear layer, not a product of two activations
         return node.inputs[1] not in index.data_dependent
     if node.op_type == "MVN":
-        return _is_last_axis_mvn(node)
-    return node.domain == "" and node.op_type in _PER_TOKEN and (node.op_type != "ReduceMean"
-                                                                 or _reduces_last_axis(node))
-
-
-def _reduces_last_axis(node: ir.Node) -> bool:
-    axes = node.attributes["axes"].value if "axes" in node.attributes else constant_array(
-        node.inputs[1] if len(node.inputs) > 1 else None)
-    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
-    return axes is not None and len(list(axes)) == 1 and int(list(axes)[0]) in (-1, (rank or 0) - 1)
+        return is_last_axis_mvn(node)
+    return (
+        node.domain == "" and node.op_type in _PER_TOKEN and (node.op_type != "ReduceMean" or reduces_last_axis(node))
+    )

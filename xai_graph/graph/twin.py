@@ -31,8 +31,12 @@ def static_twin(model: ir.Model) -> ir.Model | None:
     twin = model.clone()
     for value in twin.graph.inputs:
         if value.shape is not None and not value.is_initializer():
-            value.shape = ir.Shape([d if isinstance(d, int) and d >= 0 else 1 if axis == 0 else TWIN_SIZE
-                                    for axis, d in enumerate(value.shape)])
+            value.shape = ir.Shape(
+                [
+                    d if isinstance(d, int) and d >= 0 else 1 if axis == 0 else TWIN_SIZE
+                    for axis, d in enumerate(value.shape)
+                ]
+            )
     try:
         shapes = _inferred_shapes(twin)
     except Exception:  # noqa: BLE001 - onnx's inference raises many kinds; without a twin the analysis still runs
@@ -99,22 +103,29 @@ def _fold_shape_arithmetic(proto: onnx.ModelProto, opset: int) -> int:
 def _evaluated(node: onnx.NodeProto, known: dict, shapes: dict, opset: int) -> list | None:
     from onnx.reference import ReferenceEvaluator
 
-    if node.domain not in ("", "ai.onnx") or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                                 for a in node.attribute):
+    if node.domain not in ("", "ai.onnx") or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+    ):
         return None
     if node.op_type in ("Shape", "Size") and shapes.get(node.input[0]) is not None:
         dims = np.array(shapes[node.input[0]], np.int64)
         if node.op_type == "Size":
             return [np.array(dims.prod(), np.int64)]
         bounds = {a.name: a.i for a in node.attribute}
-        return [dims[bounds.get("start", 0): bounds.get("end", len(dims))]]
+        return [dims[bounds.get("start", 0) : bounds.get("end", len(dims))]]
     inputs = [name for name in node.input if name]
     if node.op_type.startswith("Random") or not all(name in known for name in inputs):
         return None  # (Constant has no inputs and folds)
     helper = onnx.helper
-    graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(
-        name, helper.np_dtype_to_tensor_dtype(np.asarray(known[name]).dtype), None) for name in inputs],
-        [helper.make_empty_tensor_value_info(name) for name in node.output if name])
+    graph = helper.make_graph(
+        [node],
+        "fold",
+        [
+            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.asarray(known[name]).dtype), None)
+            for name in inputs
+        ],
+        [helper.make_empty_tensor_value_info(name) for name in node.output if name],
+    )
     try:  # a model, not the bare node: the reference runtime reads the node at the model's opset
         program = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
         values = program.run(None, {name: known[name] for name in inputs})

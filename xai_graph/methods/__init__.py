@@ -18,5 +18,12 @@ from xai_graph.methods.base import (
     register_method,
 )
 
-__all__ = ["Options", "SaliencyMethod", "algorithms", "method_for", "methods_for_task", "option_fields",
-           "register_method"]
+__all__ = [
+    "Options",
+    "SaliencyMethod",
+    "algorithms",
+    "method_for",
+    "methods_for_task",
+    "option_fields",
+    "register_method",
+]

@@ -30,8 +30,10 @@ class DetectorActivationMap(ActivationMap):
     def check(self, target: DetectorClassMaps) -> None:
         super().check(target)
         if target.neck is None:
-            raise XaiGraphError(f"no neck feature map found behind '{target.middle.value.name}'; "
-                                f"pass {option_text('target_layer', 'NAME')} to explain a map of your choice")
+            raise XaiGraphError(
+                f"no neck feature map found behind '{target.middle.value.name}'; "
+                f"pass {option_text('target_layer', 'NAME')} to explain a map of your choice"
+            )
 
     def explained(self, target: DetectorClassMaps) -> list:
         return [target.neck]

@@ -17,12 +17,14 @@ from xai_graph.graph.builder import GraphBuilder
 from xai_graph.graph.targets import Target
 
 
-def option(default, help: str, flag: str, choices: tuple[str, ...] | None = None, metavar: str | None = None,
-           parse=None):
+def option(
+    default, help: str, flag: str, choices: tuple[str, ...] | None = None, metavar: str | None = None, parse=None
+):
     """A method option: its default, and what the command line needs to offer it (flag, help, choices, and
     `parse` for text that is not the value itself, e.g. "topk:5" or "7x7")."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar,
-                                            "parse": parse})
+    return field(
+        default=default, metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar, "parse": parse}
+    )
 
 
 def parse_top_k(text: str) -> int | None:
@@ -50,8 +52,13 @@ def parse_size(text: str) -> tuple[int, int]:
 class Options:
     """What every method accepts; a method with options of its own extends this (one dataclass per method)."""
 
-    top_k: int | None = option(None, "Class-wise maps for every class, or only for each image's N best (adds "
-                                     "saliency_classes).", "--classes", metavar="all|topk:N", parse=parse_top_k)
+    top_k: int | None = option(
+        None,
+        "Class-wise maps for every class, or only for each image's N best (adds saliency_classes).",
+        "--classes",
+        metavar="all|topk:N",
+        parse=parse_top_k,
+    )
 
 
 @dataclass

@@ -29,13 +29,22 @@ BACKGROUNDS = ("auto", "first", "last", "none")
 
 @dataclass(frozen=True)
 class DetectorOptions(Options):
-    det_score: str = option("softmax", "Detectors: how DetClassProbabilityMap turns the averaged scores into "
-                                       "probabilities.", "--det-score", choices=DET_SCORES)
-    map_size: tuple[int, int] | None = option(None, "Detectors: map size [default: the middle level's].",
-                                              "--map-size", metavar="HxW", parse=parse_size)
-    background: str = option("auto", "Detectors: the background channel of softmax class maps, dropped from the maps "
-                                     "(auto: last for softmax class maps, as OTX/mmdet; none for sigmoid ones).",
-                             "--background", choices=BACKGROUNDS)
+    det_score: str = option(
+        "softmax",
+        "Detectors: how DetClassProbabilityMap turns the averaged scores into probabilities.",
+        "--det-score",
+        choices=DET_SCORES,
+    )
+    map_size: tuple[int, int] | None = option(
+        None, "Detectors: map size [default: the middle level's].", "--map-size", metavar="HxW", parse=parse_size
+    )
+    background: str = option(
+        "auto",
+        "Detectors: the background channel of softmax class maps, dropped from the maps "
+        "(auto: last for softmax class maps, as OTX/mmdet; none for sigmoid ones).",
+        "--background",
+        choices=BACKGROUNDS,
+    )
 
 
 @register_method
@@ -49,13 +58,15 @@ class DetClassProbabilityMap(SaliencyMethod):
     def check(self, target: DetectorClassMaps) -> None:
         super().check(target)
         if self.options.det_score not in DET_SCORES:
-            raise XaiGraphError(f"unknown detection score {self.options.det_score!r}; choose one of "
-                                f"{', '.join(DET_SCORES)}")
+            raise XaiGraphError(
+                f"unknown detection score {self.options.det_score!r}; choose one of {', '.join(DET_SCORES)}"
+            )
         if self.options.top_k is not None:
             raise XaiGraphError("top-k maps are not available for detectors yet")
         if self.options.background not in BACKGROUNDS:
-            raise XaiGraphError(f"unknown background {self.options.background!r}; choose one of "
-                                f"{', '.join(BACKGROUNDS)}")
+            raise XaiGraphError(
+                f"unknown background {self.options.background!r}; choose one of {', '.join(BACKGROUNDS)}"
+            )
 
     def background(self, target: DetectorClassMaps) -> str:
         if self.options.background != "auto":
@@ -105,8 +116,9 @@ class DetClassProbabilityMap(SaliencyMethod):
         # (BlazeFace leaves it to post-processing) gets the one asked for with det_score="sigmoid".
         if target.activation == "Sigmoid" or (target.activation is None and self.options.det_score == "sigmoid"):
             best = b.op("Sigmoid", best)
-        return Saliency(self._without_background(b, target, mean),
-                        class_scores=self._without_background(b, target, best))
+        return Saliency(
+            self._without_background(b, target, mean), class_scores=self._without_background(b, target, best)
+        )
 
     @staticmethod
     def _class_scores(b: GraphBuilder, level: Level, k: int):

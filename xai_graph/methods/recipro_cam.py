@@ -43,12 +43,16 @@ _SHAPE_ONLY = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropou
 
 @dataclass(frozen=True)
 class ReciproCamOptions(Options):
-    mask: str = option("gaussian", "Recipro-CAM mask: 3x3 Gaussian neighbourhood or one position.", "--mask",
-                       choices=MASKS)
+    mask: str = option(
+        "gaussian", "Recipro-CAM mask: 3x3 Gaussian neighbourhood or one position.", "--mask", choices=MASKS
+    )
     score: str = option("logits", "Recipro-CAM score read per class.", "--score", choices=SCORES)
-    brute_force: bool = option(False, "Recipro-CAM: clone the whole tail on masked maps even where the fused form "
-                                      "applies; also accepts a form that costs more than 3x the model.",
-                               "--brute-force")
+    brute_force: bool = option(
+        False,
+        "Recipro-CAM: clone the whole tail on masked maps even where the fused form "
+        "applies; also accepts a form that costs more than 3x the model.",
+        "--brute-force",
+    )
 
 
 def check_mask_and_score(options: ReciproCamOptions) -> None:
@@ -81,9 +85,9 @@ class ReciproCAM(SaliencyMethod):
         k = self.options.top_k
         if k is not None:
             if self.options.score == "softmax":
-                raise XaiGraphError("top-k maps need every class for a softmax score; use "
-                                    f"{option_text('score', 'logits')} "
-                                    "or sigmoid")
+                raise XaiGraphError(
+                    f"top-k maps need every class for a softmax score; use {option_text('score', 'logits')} or sigmoid"
+                )
             if k < 1 or (target.num_classes is not None and k > target.num_classes):
                 raise XaiGraphError(f"top-k must be between 1 and the number of classes ({target.num_classes})")
 
@@ -106,8 +110,9 @@ class ReciproCAM(SaliencyMethod):
         logits = flat_logits(b, target.logits)  # [B, K]
         classes = None
         if self.options.top_k is not None:
-            _, classes = b.op_multi("TopK", logits, b.ints([self.options.top_k]), num_outputs=2,
-                                    axis=-1, largest=1, sorted=1)
+            _, classes = b.op_multi(
+                "TopK", logits, b.ints([self.options.top_k]), num_outputs=2, axis=-1, largest=1, sorted=1
+            )
         final = _final_linear(b, target, index)
         pool = self._pool(target)
         if pool is not None and final is not None and self._only_reshapes(target, index, pool, final):
@@ -120,8 +125,9 @@ class ReciproCAM(SaliencyMethod):
         else:
             scores = self.score(b, b.reshape(outputs, -1, positions, b.dim(logits, 1)))  # [B, hw, K]
             if classes is not None:  # the tail does not end linearly: all maps, then the k selected
-                picked = b.op("Expand", b.unsqueeze(classes, [1]),
-                              b.shape_from(b.dim(scores, 0), positions, self.options.top_k))
+                picked = b.op(
+                    "Expand", b.unsqueeze(classes, [1]), b.shape_from(b.dim(scores, 0), positions, self.options.top_k)
+                )
                 scores = b.op("GatherElements", scores, picked, axis=2)  # [B, hw, k]
         per_image = b.op("Transpose", scores, perm=[0, 2, 1])
         return Saliency(b.reshape(per_image, 0, 0, h, w), classes, self.form(target))  # [B, K or k, h, w]
@@ -148,8 +154,9 @@ class ReciproCAM(SaliencyMethod):
             scores = b.op("Add", scores, b.unsqueeze(bias, [-1]))
         return self.score(b, scores, axis=1)
 
-    def _per_position(self, b: GraphBuilder, target: Target, index: GraphIndex, end: ir.Value, positions,
-                      h, w) -> ir.Value:
+    def _per_position(
+        self, b: GraphBuilder, target: Target, index: GraphIndex, end: ir.Value, positions, h, w
+    ) -> ir.Value:
         """`end` (the logits, or the last linear layer's input) for F masked at each position: [B*hw, ...]."""
         f = target.value
         pool = self._pool(target)
@@ -163,8 +170,9 @@ class ReciproCAM(SaliencyMethod):
             return batch  # nothing but reshaping between the pool and the last layer: no clone needed
         return clone_tail(b, nodes, start, batch, end, index=index)
 
-    def _selected_rows(self, b: GraphBuilder, final: _Linear, hidden: ir.Value, classes: ir.Value,
-                       positions) -> ir.Value:
+    def _selected_rows(
+        self, b: GraphBuilder, final: _Linear, hidden: ir.Value, classes: ir.Value, positions
+    ) -> ir.Value:
         """Scores of the k selected classes only, from their rows of the last layer: [B, hw, k]."""
         hidden = b.reshape(hidden, -1, positions, b.dim(final.input, -1))  # [B, hw, D]
         weights = b.op("Gather", final.weight, classes, axis=0)  # [B, k, D]
@@ -177,8 +185,11 @@ class ReciproCAM(SaliencyMethod):
         """F masked at every position, as one batch [B*hw, ...] in F's own layout."""
         f = target.value
         one_hot = b.reshape(b.eye(positions), -1, 1, h, w)
-        masks = one_hot if self.options.mask == "onehot" else \
-            b.op("Conv", one_hot, b.const(GAUSSIAN_KERNEL.reshape(1, 1, 3, 3)), pads=[1, 1, 1, 1])
+        masks = (
+            one_hot
+            if self.options.mask == "onehot"
+            else b.op("Conv", one_hot, b.const(GAUSSIAN_KERNEL.reshape(1, 1, 3, 3)), pads=[1, 1, 1, 1])
+        )
         masks = target.layout.masks(b, masks, f)
         masked = b.op("Mul", b.unsqueeze(f, [1]), b.unsqueeze(masks, [0]))  # [B, hw, ...]
         return b.reshape(masked, -1, *(b.dim(f, axis) for axis in range(1, len(f.shape))))
@@ -213,6 +224,7 @@ class ReciproCAM(SaliencyMethod):
     def score(self, b: GraphBuilder, logits: ir.Value, axis: int = -1) -> ir.Value:
         return class_score(b, logits, self.options.score, axis)
 
+
 def flat_logits(b: GraphBuilder, logits: ir.Value) -> ir.Value:
     """Class scores as [B, K] (classifiers ending in a 1x1 convolution output [B, K, 1, 1])."""
     return logits if logits.shape is not None and len(logits.shape) == 2 else b.reshape(logits, 0, -1)
@@ -228,8 +240,7 @@ def _averaging_pool(target: Target) -> ir.Node | None:
     if len(readers) != 1:
         return None
     pool = readers[0]
-    if pool.op_type not in _AVERAGING_POOLS or not is_global_pool(pool) \
-            or target.layout.channels(target.value) is None:
+    if pool.op_type not in _AVERAGING_POOLS or not is_global_pool(pool) or target.layout.channels(target.value) is None:
         return None
     return pool
 
@@ -269,8 +280,13 @@ def _gemm_linear(b: GraphBuilder, node: ir.Node, constant) -> _Linear | None:
     """A Gemm as y = x @ W^T + bias, where it is plain (no transA, alpha = beta = 1) with constant weights."""
     attrs = {k: a.value for k, a in node.attributes.items()}
     bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0
-            or not constant(node.inputs[1], 2) or (bias is not None and not constant(bias, 1))):
+    if (
+        attrs.get("transA", 0)
+        or attrs.get("alpha", 1.0) != 1.0
+        or attrs.get("beta", 1.0) != 1.0
+        or not constant(node.inputs[1], 2)
+        or (bias is not None and not constant(bias, 1))
+    ):
         return None
     weight = node.inputs[1] if attrs.get("transB", 0) else b.op("Transpose", node.inputs[1], perm=[1, 0])
     return _Linear(node.inputs[0], weight, bias)

@@ -98,8 +98,15 @@ def cloned_block_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndar
     # original LN1 output would stop ONNX Runtime fusing it into attention, which changes the
     # original scores in the last bit.
     normalised = clone_nodes(b, block.norm1.nodes, {})[block.normalised]
-    return clone_tail(b, block.tail, block.tokens, masked(block.tokens), block.logits, index=block.index,
-                      also={block.normalised: masked(normalised)})
+    return clone_tail(
+        b,
+        block.tail,
+        block.tokens,
+        masked(block.tokens),
+        block.logits,
+        index=block.index,
+        also={block.normalised: masked(normalised)},
+    )
 
 
 def _zeros(b: GraphBuilder, shape: ir.Value) -> ir.Value:
@@ -113,8 +120,13 @@ def projections_of_zero(b: GraphBuilder, att: Attention, normalised: ir.Value) -
     mapping, known_zero = {normalised: zeros}, {zeros}
     for node in att.projections:
         weight = node.inputs[1].const_value if node.op_type == "MatMul" and len(node.inputs) == 2 else None
-        if node.inputs[0] in mapping and mapping[node.inputs[0]] in known_zero and weight is not None \
-                and len(weight.shape) == 2 and not node.attributes.get_int("transpose_a", 0):
+        if (
+            node.inputs[0] in mapping
+            and mapping[node.inputs[0]] in known_zero
+            and weight is not None
+            and len(weight.shape) == 2
+            and not node.attributes.get_int("transpose_a", 0)
+        ):
             width = weight.shape[0] if node.attributes.get_int("transpose_b", 0) else weight.shape[1]  # (OpenVINO's)
             rows = b.op("Slice", b.op("Shape", mapping[node.inputs[0]]), b.ints([0]), b.ints([-1]), b.ints([0]))
             made = _zeros(b, b.op("Concat", rows, b.ints([width]), axis=0))
@@ -137,9 +149,12 @@ def class_token_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndarr
     # f's other operands (a scale, or a mask over [query, key] pairs, which dynamo's exports compute in the
     # graph) are cut to the extra tokens' query rows.
     chain = {v for node in att.logit_nodes for v in node.outputs}
-    rows_of_f = {v: b.op("Slice", v, b.ints([0]), b.ints([extra]), b.ints([-2]))
-                 for node in att.logit_nodes[1:] for v in node.inputs
-                 if v not in chain and v.shape is not None and len(v.shape) >= 2 and known_dim(v.shape[-2]) == tokens}
+    rows_of_f = {
+        v: b.op("Slice", v, b.ints([0]), b.ints([extra]), b.ints([-2]))
+        for node in att.logit_nodes[1:]
+        for v in node.inputs
+        if v not in chain and v.shape is not None and len(v.shape) >= 2 and known_dim(v.shape[-2]) == tokens
+    }
 
     def attention_logits(keys: ir.Value) -> ir.Value:  # f(Q_extra @ keys), [L..., 1, E, T]
         if att.logit_nodes:
@@ -161,15 +176,17 @@ def class_token_scores(b: GraphBuilder, block: TransformerBlock, masks: np.ndarr
     def flat(t: ir.Value) -> ir.Value:  # [L..., hw, E, T] -> [L..., hw*E, T]: one MatMul per (batch, head)
         return b.reshape(t, *[0] * lead, hw * extra, tokens)
 
-    attended = b.op("Add", b.op("MatMul", flat(b.op("Mul", probs, mask)), b.op("Sub", att.values, values_z)),
-                    b.op("MatMul", flat(probs), values_z))
+    attended = b.op(
+        "Add",
+        b.op("MatMul", flat(b.op("Mul", probs, mask)), b.op("Sub", att.values, values_z)),
+        b.op("MatMul", flat(probs), values_z),
+    )
     attended = b.reshape(attended, *[0] * lead, hw, extra, -1)  # [L..., hw, E, d]
     padding = b.op("Slice", att.output, b.ints([0]), b.ints([extra]), b.ints([rank - 2]))  # [L..., E, d]
     rows = []
     for e in range(extra):
         # Token e's hw masked rows take the patch positions of one sequence shaped like the model's.
-        packed = b.op("Concat", padding, b.op("Gather", attended, b.const(np.int64(e)), axis=rank - 1),
-                      axis=rank - 2)
+        packed = b.op("Concat", padding, b.op("Gather", attended, b.const(np.int64(e)), axis=rank - 1), axis=rank - 2)
         residual = b.op("Expand", b.op("Slice", x, b.ints([e]), b.ints([e + 1]), b.ints([1])), b.op("Shape", x))
         out = clone_nodes(b, att.after, {att.output: packed, x: residual})[block.block_output]
         rows.append(b.unsqueeze(b.op("Slice", out, b.ints([extra]), b.ints([tokens]), b.ints([1])), [2]))
