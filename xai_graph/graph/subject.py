@@ -13,9 +13,9 @@ from typing import ClassVar, Protocol
 import onnx_ir as ir
 
 from xai_graph.graph.analysis import GraphIndex
-from xai_graph.graph.detection import DetectorClassMaps, find_class_maps
-from xai_graph.graph.targets import Target, find_target
-from xai_graph.graph.transformer import TransformerBlock, find_transformer
+from xai_graph.graph.detection import find_class_maps
+from xai_graph.graph.targets import find_target
+from xai_graph.graph.transformer import find_transformer
 
 
 class Subject(Protocol):
@@ -30,9 +30,6 @@ class Subject(Protocol):
     def num_classes(self) -> int | None: ...
 
     def record(self) -> dict[str, str]: ...
-
-
-SUBJECT_KINDS: tuple[type, ...] = (DetectorClassMaps, TransformerBlock, Target)  # in the order they are looked for
 
 
 def find_subject(
