@@ -75,6 +75,33 @@ def tiny_cnn():
     return make
 
 
+# Tokens [N, 16, 6] (NLC) averaged over the 16 tokens: a 4 x 4 grid of 6-channel positions.
+TOKEN_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+tokens (float[N, 16, 3] x) => (float[N, 5] logits)
+{
+   proj = MatMul (x, w1)
+   feat = Relu (proj)
+   pooled = ReduceMean <axes = [1], keepdims = 0> (feat)
+   lin = MatMul (pooled, fc_w)
+   logits = Add (lin, fc_b)
+}
+"""
+
+
+@pytest.fixture
+def token_model():
+    """(ModelProto, its weights, two token sequences [2, 16, 3]): the token-grid model, its map `feat`."""
+    rng = np.random.default_rng(2)
+    weights = {
+        "w1": rng.standard_normal((3, 6)).astype(np.float32),
+        "fc_w": rng.standard_normal((6, 5)).astype(np.float32),
+        "fc_b": rng.standard_normal(5).astype(np.float32),
+    }
+    tokens = rng.standard_normal((2, 16, 3)).astype(np.float32)
+    return parse_model(TOKEN_MODEL, **weights), weights, tokens
+
+
 @pytest.fixture
 def images() -> np.ndarray:
     """Two 3 x 8 x 8 images."""

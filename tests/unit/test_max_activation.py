@@ -8,19 +8,6 @@ import pytest
 
 import xai_graph
 
-# Tokens [N, 16, 6] (NLC) averaged over the 16 tokens: a 4 x 4 grid of 6-channel positions.
-TOKENS = """
-<ir_version: 8, opset_import: ["" : 17]>
-tokens (float[N, 16, 3] x) => (float[N, 5] logits)
-{
-   proj = MatMul (x, w1)
-   feat = Relu (proj)
-   pooled = ReduceMean <axes = [1], keepdims = 0> (feat)
-   lin = MatMul (pooled, fc_w)
-   logits = Add (lin, fc_b)
-}
-"""
-
 
 def channel_max(feat: np.ndarray) -> np.ndarray:
     """[N, C, h, w] -> [N, h, w], one position at a time."""
@@ -63,15 +50,8 @@ def test_uint8_map_spans_0_to_255_per_image(tiny_cnn, images, run):
     assert all(scaled[b].min() == 0 and scaled[b].max() == 255 for b in range(2))
 
 
-def test_token_grid(parse, run):
-    rng = np.random.default_rng(2)
-    model = parse(
-        TOKENS,
-        w1=rng.standard_normal((3, 6)).astype(np.float32),
-        fc_w=rng.standard_normal((6, 5)).astype(np.float32),
-        fc_b=rng.standard_normal(5).astype(np.float32),
-    )
-    tokens = rng.standard_normal((2, 16, 3)).astype(np.float32)
+def test_token_grid(token_model, run):
+    model, _, tokens = token_model
     feat = run(model, {"x": tokens}, extra=("feat",))["feat"]  # [N, 16, 6]
     saliency = run(xai_graph.insert(model, "maxactivation", raw=True), {"x": tokens})["saliency_map"]
     grid = feat.transpose(0, 2, 1).reshape(2, 6, 4, 4)  # tokens in row-major order

@@ -202,33 +202,8 @@ def test_recipro_cam_looks_through_a_final_softmax(score, tiny_cnn, images, run)
     np.testing.assert_allclose(saliency, expected, rtol=1e-4, atol=1e-5)
 
 
-# Tokens [N, 16, 6] (NLC) averaged over the 16 tokens: a 4 x 4 grid of 6-channel positions.
-TOKEN_MODEL = """
-<ir_version: 8, opset_import: ["" : 17]>
-tokens (float[N, 16, 3] x) => (float[N, 5] logits)
-{
-   proj = MatMul (x, w1)
-   feat = Relu (proj)
-   pooled = ReduceMean <axes = [1], keepdims = 0> (feat)
-   lin = MatMul (pooled, fc_w)
-   logits = Add (lin, fc_b)
-}
-"""
-
-
-def token_model(parse):
-    rng = np.random.default_rng(2)
-    weights = {
-        "w1": rng.standard_normal((3, 6)).astype(np.float32),
-        "fc_w": rng.standard_normal((6, 5)).astype(np.float32),
-        "fc_b": rng.standard_normal(5).astype(np.float32),
-    }
-    tokens = rng.standard_normal((2, 16, 3)).astype(np.float32)
-    return parse(TOKEN_MODEL, **weights), weights, tokens
-
-
-def test_activation_map_on_a_token_grid(parse, run):
-    model, _, tokens = token_model(parse)
+def test_activation_map_on_a_token_grid(token_model, run):
+    model, _, tokens = token_model
     feat = run(model, {"x": tokens}, extra=("feat",))["feat"]  # [N, 16, 6]
     head = xai_graph.insert(model, "activationmap", raw=True)
     assert head.metadata_props["xai_graph.layout"] == "NLC"
@@ -241,8 +216,8 @@ def test_activation_map_on_a_token_grid(parse, run):
 
 
 @pytest.mark.parametrize("brute_force", [False, True], ids=["fused", "cloned"])
-def test_recipro_cam_on_a_token_grid(brute_force, parse, run):
-    model, weights, tokens = token_model(parse)
+def test_recipro_cam_on_a_token_grid(brute_force, token_model, run):
+    model, weights, tokens = token_model
     feat = run(model, {"x": tokens}, extra=("feat",))["feat"]
     grid = feat.transpose(0, 2, 1).reshape(2, 6, 4, 4)  # NLC -> NCHW, by the row-major token order
     saliency = run(xai_graph.insert(model, raw=True, brute_force=brute_force), {"x": tokens})["saliency_map"]
