@@ -14,7 +14,7 @@ from xai_graph.explaining.eval_report import read_boxes, write_evaluation
 from xai_graph.explaining.evaluate import EvalSettings, format_table as format_eval_table
 from xai_graph.explaining.explainer import Explainer
 from xai_graph.explaining.engines import ENGINES, OUTPUT_FORMATS, check_engine_options, explain_sources, open_results
-from xai_graph.explaining.gallery import IMAGE_FORMATS
+from xai_graph.explaining.gallery import DEFAULT_IMAGE_FORMAT, IMAGE_FORMATS
 from xai_graph.explaining.images import find_images
 from xai_graph.explaining.sources import PATH_COLUMN, gather_sources
 from xai_graph.explaining.preprocess import RESIZE_TYPES, parse_triple
@@ -121,7 +121,7 @@ MANY_CLASSES = 20  # --classes all above this many classes asks for --yes
 @click.option(
     "--image-format",
     type=click.Choice(IMAGE_FORMATS),
-    default="jpg",
+    default=DEFAULT_IMAGE_FORMAT,
     show_default=True,
     help="Format of the overlays (png: lossless, about 8 times slower to encode); maps are always "
     "8-bit grayscale PNGs at their own resolution.",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from xai_graph.errors import XaiGraphError
+
 ONNX, IR = "onnx", "ir"
 SUFFIXES = {".onnx": ONNX, ".xml": IR}
 RUNTIME_OF = {ONNX: "onnxruntime", IR: "openvino"}  # the runtime a written model must load in
@@ -41,8 +43,6 @@ def output_for(
     An IR is rewritten as IR (nothing converts IR back to ONNX); an ONNX model is written as ONNX
     unless IR is requested or the output ends with .xml. Without `output`: `<model>_xai.onnx|.xml`.
     """
-    from xai_graph.errors import XaiGraphError
-
     model = Path(model)
     asked = SUFFIXES.get(Path(output).suffix) if output is not None else None
     chosen = requested or (IR if is_ir(model) else asked or ONNX)

@@ -1,8 +1,8 @@
 """A model file, ONNX or OpenVINO IR, behind one handle: what reading it involves is decided here.
 
-`insert`, `inspect` (`report.describe`) and `bench` open a path through `ModelFile`: the graph the
-find step analyses (an onnx-ir model; an IR's mirror), the model in its own format (what `insert`
-rewrites and `save_model` writes back), its inputs, and every file reading it touches.
+`inspect` (`report.describe`) and `bench` open a path through `ModelFile`: the graph the find step
+analyses (an onnx-ir model; an IR's mirror), the model in its own format, and its inputs. (`insert`
+reads a path the same way, with `read_ir` / `to_ir`, since it edits a copy of what it reads.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from xai_graph.files import files_read_by_model
 from xai_graph.formats import IR, format_of
 from xai_graph.graph.analysis import known_dim
 from xai_graph.graph.io import load_model
@@ -45,11 +44,6 @@ class ModelFile:
     def opset(self) -> int | None:
         """The ONNX opset (None for an IR, whose operations carry their own)."""
         return None if self.is_ir else self.native.opset_imports.get("", 0)
-
-    @property
-    def files_read(self) -> list[Path]:
-        """Every file reading this model touches (external data, the IR's .bin): never to be written over."""
-        return files_read_by_model(self.path)
 
     def first_input(self) -> tuple[str, list[int | None]]:
         """The image input's name and dims (None where not static)."""
