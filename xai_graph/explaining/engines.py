@@ -9,8 +9,8 @@ from pathlib import Path
 from xai_graph.errors import XaiGraphError
 from xai_graph.explaining.explainer import Explainer
 from xai_graph.explaining.parquet_output import ParquetResults
-from xai_graph.explaining.pipeline import RunSummary, explain_files
-from xai_graph.explaining.resume import ResumableWriter, run_settings
+from xai_graph.explaining.pipeline import RunSummary, explain_files, run_settings
+from xai_graph.explaining.resume import ResumableWriter
 from xai_graph.explaining.sources import SourceUri
 
 ENGINES = ("local", "ray")

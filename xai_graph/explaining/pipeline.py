@@ -54,6 +54,26 @@ class RunSummary:
         return self.images / self.seconds if self.seconds else 0.0
 
 
+def run_settings(explainer: Explainer, alpha: float | None) -> dict:
+    """What predictions.json (and each Parquet part) records of the run, whichever engine ran it."""
+    return {
+        "model": str(explainer.source),
+        "algorithm": explainer.algo,
+        "runtime": explainer.runtime,
+        "input_size": list(explainer.input_size),
+        "overlay_alpha": alpha,
+        "preprocessing": explainer.preprocessing_record(),
+    }
+
+
+def summarise(sources: list, records: dict[str, dict], seconds: float, predictions: Path, index: Path) -> RunSummary:
+    """The run's summary from the records its writer kept for `sources`."""
+    kept = [records.get(str(s)) or {} for s in sources]
+    not_rendered = Counter(c["label"] for r in kept for c in r.get("not_rendered") or [])
+    failed = sum(1 for r in kept if r.get("error"))
+    return RunSummary(len(sources), failed, seconds, predictions, index, dict(not_rendered))
+
+
 def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int) -> Iterator:
     """fn(item) for each item, in order, computed up to `depth` items ahead."""
     pending: deque[Future] = deque()
@@ -120,25 +140,14 @@ def explain_files(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        with _signals_held():  # a second Ctrl-C must not cut the index short
+        with signals_held():  # a second Ctrl-C must not cut the index short
             pool.shutdown(wait=True, cancel_futures=True)
             elapsed = time.perf_counter() - start
-            summary = {
-                "model": str(explainer.source),
-                "algorithm": explainer.algo,
-                "runtime": explainer.runtime,
-                "input_size": list(explainer.input_size),
-                "overlay_alpha": writer.alpha,
-                "preprocessing": explainer.preprocessing_record(),
-            }
+            summary = run_settings(explainer, writer.alpha)
             if interrupted:
                 summary["interrupted"] = True
             predictions, index = writer.finish(summary)
-    records = [writer.records.get(str(p), {}) for p in paths]
-    not_rendered = Counter(c["label"] for r in records for c in r.get("not_rendered", []))
-    result = RunSummary(
-        len(paths), sum(1 for r in records if r.get("error")), elapsed, predictions, index, dict(not_rendered)
-    )
+    result = summarise(paths, writer.records, elapsed, predictions, index)
     if interrupted:
         raise RunInterrupted(result, written[0])
     return result
@@ -173,7 +182,7 @@ def _run(explainer, paths, writer, pool, load, render, batch_size, progress) -> 
 
 
 @contextlib.contextmanager
-def _signals_held():
+def signals_held():
     """Defer SIGINT and SIGTERM (main thread only) while the run's records are written."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -35,8 +34,7 @@ from xai_graph.explaining.explainer import Explainer
 from xai_graph.explaining.gallery import display_image
 from xai_graph.explaining.images import ImageError, read_image
 from xai_graph.explaining.parquet_output import explanation_row
-from xai_graph.explaining.pipeline import RunInterrupted, RunSummary, _signals_held
-from xai_graph.explaining.resume import run_settings
+from xai_graph.explaining.pipeline import RunInterrupted, RunSummary, signals_held, run_settings, summarise
 from xai_graph.explaining.sources import SourceUri, read_source
 from xai_graph.files import TEMP_PREFIX, scratch_folder
 
@@ -259,23 +257,15 @@ def explain_with_ray(
             ) from exc
         raise
     finally:
-        with _signals_held():  # a second Ctrl-C must not cut the index short
+        with signals_held():  # a second Ctrl-C must not cut the index short
             settings = run_settings(explainer, writer.alpha)
             if interrupted:
                 settings["interrupted"] = True
             predictions, index = writer.finish(settings)
-    records = [writer.records.get(str(s), {}) for s in sources]
-    not_rendered = Counter(c["label"] for r in records for c in r.get("not_rendered") or [])
-    summary = RunSummary(
-        len(sources),
-        sum(1 for r in records if r.get("error")),
-        time.perf_counter() - start,
-        predictions,
-        index,
-        dict(not_rendered),
-    )
+    summary = summarise(sources, writer.records, time.perf_counter() - start, predictions, index)
     if interrupted:
-        raise RunInterrupted(summary, sum(1 for r in records if r and not r.get("error")))
+        written = sum(1 for s in sources if (r := writer.records.get(str(s))) and not r.get("error"))
+        raise RunInterrupted(summary, written)
     return summary
 
 

@@ -73,15 +73,3 @@ class ResumableWriter(ResultWriter):
             record["overlays"] = [{**o, "file": written[o["file"]]} for o in record["overlays"]]
         self._keep(record)
         return record
-
-
-def run_settings(explainer, alpha: float | None) -> dict:
-    """What predictions.json (and each Parquet part) records of the run, as the local engine's pipeline does."""
-    return {
-        "model": str(explainer.source),
-        "algorithm": explainer.algo,
-        "runtime": explainer.runtime,
-        "input_size": list(explainer.input_size),
-        "overlay_alpha": alpha,
-        "preprocessing": explainer.preprocessing_record(),
-    }
